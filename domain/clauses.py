@@ -1,0 +1,195 @@
+"""Clause alignment: give each block of a new version the identity of its clause in the old one."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+from domain.diff import similarity, text_diff
+from domain.extract import Block
+
+ADDED, REMOVED, MODIFIED, MOVED = "added", "removed", "modified", "moved"
+CHANGE_KINDS = (ADDED, REMOVED, MODIFIED, MOVED)
+
+# Below this similarity an edited block is a different clause: one removed, one added.
+DEFAULT_THRESHOLD = 0.5
+# Fuzzy matching compares at most this many candidates per removed block (best token overlap).
+_CANDIDATES = 8
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Clause:
+    """A clause of the current version of a document, with its stable id."""
+
+    id: str
+    text: str
+    section: tuple[str, ...] = ()
+    kind: str = "paragraph"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClauseEdit:
+    """One clause-level change between two versions."""
+
+    clause_id: str
+    kind: str
+    section: tuple[str, ...]
+    before: str | None
+    after: str | None
+    patch: str = ""
+    similarity: float = 0.0
+    position: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alignment:
+    """The new version's clauses (ids carried over or new) and the edits that lead to it."""
+
+    clauses: tuple[Clause, ...]
+    edits: tuple[ClauseEdit, ...]
+
+
+def align(
+    old: Sequence[Clause],
+    new: Sequence[Block],
+    *,
+    new_id: Callable[[int], str],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Alignment:
+    """Align two versions: unchanged in order, then moved verbatim, then edited by similarity.
+
+    Deterministic: the same inputs always give the same clauses, ids and edits.
+    """
+    old_texts = [c.text for c in old]
+    new_texts = [b.text for b in new]
+    pairs: dict[int, int] = {}  # new index -> old index
+
+    # 1. Unchanged clauses: the longest common subsequence of identical texts.
+    matcher = SequenceMatcher(None, old_texts, new_texts, autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            pairs[block.b + k] = block.a + k
+    anchored = set(pairs)
+
+    # 2. Moved clauses: identical text left over on both sides, paired in order.
+    free_old = [i for i in range(len(old)) if i not in set(pairs.values())]
+    free_new = [j for j in range(len(new)) if j not in pairs]
+    by_text: dict[str, list[int]] = defaultdict(list)
+    for i in free_old:
+        by_text[old_texts[i]].append(i)
+    moved: set[int] = set()
+    for j in free_new:
+        candidates = by_text.get(new_texts[j])
+        if candidates:
+            pairs[j] = candidates.pop(0)
+            moved.add(j)
+
+    # 3. Modified clauses: the most similar remaining pairs, same gap and section first.
+    used_old = set(pairs.values())
+    free_old = [i for i in range(len(old)) if i not in used_old]
+    free_new = [j for j in range(len(new)) if j not in pairs]
+    modified = _pair_by_similarity(old, new, free_old, free_new, anchored, pairs, threshold)
+    pairs.update(modified)
+
+    # 4. Build the new clause list and the edits, in document order.
+    clauses: list[Clause] = []
+    edits: list[ClauseEdit] = []
+    for j, block in enumerate(new):
+        i = pairs.get(j)
+        if i is None:
+            clause = Clause(id=new_id(j), text=block.text, section=block.section, kind=block.kind)
+            edits.append(ClauseEdit(clause_id=clause.id, kind=ADDED, section=block.section,
+                                    before=None, after=block.text, position=j))
+        else:
+            clause = Clause(id=old[i].id, text=block.text, section=block.section, kind=block.kind)
+            if j in modified:
+                diff = text_diff(old[i].text, block.text)
+                edits.append(ClauseEdit(clause_id=clause.id, kind=MODIFIED, section=block.section,
+                                        before=old[i].text, after=block.text, patch=diff.patch,
+                                        similarity=diff.similarity, position=j))
+            elif j in moved:
+                edits.append(ClauseEdit(clause_id=clause.id, kind=MOVED, section=block.section,
+                                        before=old[i].text, after=block.text, similarity=1.0,
+                                        position=j))
+        clauses.append(clause)
+    kept_old = set(pairs.values())
+    for i, clause in enumerate(old):
+        if i not in kept_old:
+            edits.append(ClauseEdit(clause_id=clause.id, kind=REMOVED, section=clause.section,
+                                    before=clause.text, after=None,
+                                    position=_position_after(i, pairs, len(new))))
+    edits.sort(key=lambda e: (e.position, e.kind != REMOVED, e.clause_id))
+    return Alignment(clauses=tuple(clauses), edits=tuple(edits))
+
+
+def _pair_by_similarity(
+    old: Sequence[Clause],
+    new: Sequence[Block],
+    free_old: list[int],
+    free_new: list[int],
+    anchored: set[int],
+    pairs: dict[int, int],
+    threshold: float,
+) -> dict[int, int]:
+    """Greedy best-first pairing of edited clauses; cheap token overlap picks the candidates."""
+    if not free_old or not free_new:
+        return {}
+    # The gap between unchanged anchors where a block sits: edits usually stay in their gap.
+    old_gap = _gaps(len(old), sorted(pairs[j] for j in anchored))
+    new_gap = _gaps(len(new), sorted(anchored))
+    new_words = {j: Counter(_WORD.findall(new[j].text.casefold())) for j in free_new}
+    scored: list[tuple[float, int, int]] = []
+    for i in free_old:
+        words = Counter(_WORD.findall(old[i].text.casefold()))
+        size = sum(words.values())
+        overlaps = []
+        for j in free_new:
+            other = new_words[j]
+            total = size + sum(other.values())
+            overlap = 2 * sum((words & other).values()) / total if total else 1.0
+            if overlap >= threshold * 0.8:
+                overlaps.append((overlap, -abs(old_gap[i] - new_gap[j]), -j, j))
+        overlaps.sort(reverse=True)
+        for _, _, _, j in overlaps[:_CANDIDATES]:
+            score = similarity(old[i].text, new[j].text)
+            if score < threshold:
+                continue
+            bonus = 0.0
+            if old_gap[i] == new_gap[j]:
+                bonus += 0.05
+            if old[i].section == new[j].section:
+                bonus += 0.02
+            scored.append((score + bonus, i, j))
+    scored.sort(key=lambda t: (-t[0], t[1], t[2]))
+    result: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, i, j in scored:
+        if j in result or i in taken:
+            continue
+        result[j] = i
+        taken.add(i)
+    return result
+
+
+def _gaps(length: int, anchors: list[int]) -> list[int]:
+    """For each index, how many anchors come before it."""
+    gaps = []
+    k = 0
+    for index in range(length):
+        while k < len(anchors) and anchors[k] < index:
+            k += 1
+        gaps.append(k)
+    return gaps
+
+
+def _position_after(old_index: int, pairs: dict[int, int], new_length: int) -> int:
+    """Where a removed clause stood in the new version: just after its last kept predecessor."""
+    best = -1
+    for j, i in pairs.items():
+        if i < old_index and j > best:
+            best = j
+    return min(best + 1, new_length)

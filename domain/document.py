@@ -1,0 +1,287 @@
+"""The Document aggregate: every capture an event, every clause edit a ClauseChanged."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+from domain.clauses import Clause, align
+from domain.extract import Extraction
+from domain.normalize import sha256_hex
+from domain.suspect import SuspectPolicy, assess
+
+_NAMESPACE = uuid.UUID("5b0c6f8e-3f4e-4f0e-9a57-63a1c1a0c2de")
+
+# Outcomes of a capture, as recorded in DocumentCaptured.outcome.
+BASELINE, UNCHANGED, CHANGED, SUSPECT = "baseline", "unchanged", "changed", "suspect"
+
+
+def document_uuid(slug: str) -> uuid.UUID:
+    """The aggregate id of a document, derived from its stable slug."""
+    return uuid.uuid5(_NAMESPACE, slug)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureFacts:
+    """What was observed when a document was fetched: given to the domain, never looked up."""
+
+    captured_at: datetime
+    requested_url: str
+    final_url: str
+    http_status: int
+    content_type: str
+    sha256: str
+    size: int
+    etag: str | None = None
+    last_modified: str | None = None
+    redirects: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaptureResult:
+    """What a capture decided: its outcome, why it is suspect, and how many clauses changed."""
+
+    outcome: str
+    changes: int = 0
+    reason: str | None = None
+    kinds: tuple[str, ...] = ()
+
+
+class Document(Aggregate, created_event_name="DocumentRegistered"):
+    """A watched document: its current clauses and the facts of its captures."""
+
+    class DocumentRegistered(Aggregate.Created):
+        slug: str
+        platform: str
+        title: str
+        url: str
+
+    def __init__(self, slug: str, platform: str, title: str, url: str) -> None:
+        self.slug = slug
+        self.platform = platform
+        self.title = title
+        self.url = url
+        self.clauses: list[dict[str, Any]] = []
+        self.text_sha256: str | None = None
+        self.text_length = 0
+        self.last_sha256: str | None = None
+        self.last_outcome: str | None = None
+        self.last_reason: str | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.captures = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+
+    @classmethod
+    def register(cls, *, slug: str, platform: str, title: str, url: str) -> Document:
+        """Start tracking a document under its stable slug."""
+        return cls._create(cls.DocumentRegistered, id=document_uuid(slug), slug=slug,
+                           platform=platform, title=title, url=url)
+
+    # Decisions ---------------------------------------------------------------------------
+
+    def redescribe(self, *, platform: str, title: str, url: str) -> bool:
+        """Record a new platform, title or URL from the config; False if nothing differs."""
+        if (platform, title, url) == (self.platform, self.title, self.url):
+            return False
+        self.trigger_event(self.DocumentRedescribed, platform=platform, title=title, url=url)
+        return True
+
+    def record_capture(
+        self,
+        facts: CaptureFacts,
+        extraction: Extraction | None,
+        *,
+        policy: SuspectPolicy = SuspectPolicy(),
+        threshold: float = 0.5,
+    ) -> CaptureResult:
+        """Record a fetched page; `extraction` is None when its bytes equal the last capture's."""
+        if extraction is None:
+            if facts.sha256 != self.last_sha256 or self.last_outcome is None:
+                raise ValueError("extraction may only be skipped for the last capture's bytes")
+            outcome = SUSPECT if self.last_outcome == SUSPECT else UNCHANGED
+            self._captured(facts, outcome=outcome, reason=self.last_reason,
+                           text_sha256=None, text_length=None, clause_count=len(self.clauses))
+            return CaptureResult(outcome=outcome, reason=self.last_reason)
+
+        text_sha256 = sha256_hex(extraction.text)
+        baseline = self.text_sha256 is None
+        reason = assess(extraction, last_good_length=None if baseline else self.text_length,
+                        policy=policy)
+        if reason is not None:
+            self._captured(facts, outcome=SUSPECT, reason=reason, text_sha256=text_sha256,
+                           text_length=len(extraction.text), clause_count=len(extraction.blocks))
+            return CaptureResult(outcome=SUSPECT, reason=reason)
+
+        if text_sha256 == self.text_sha256:
+            self._captured(facts, outcome=UNCHANGED, reason=None, text_sha256=text_sha256,
+                           text_length=len(extraction.text), clause_count=len(self.clauses))
+            return CaptureResult(outcome=UNCHANGED)
+
+        capture_no = self.captures + 1
+        alignment = align(
+            [Clause(**c) for c in self.clauses] if not baseline else [],
+            extraction.blocks,
+            new_id=lambda index: _clause_id(self.slug, capture_no, index),
+            threshold=threshold,
+        )
+        clauses = [
+            {"id": c.id, "text": c.text, "section": list(c.section), "kind": c.kind}
+            for c in alignment.clauses
+        ]
+        if baseline:
+            self._captured(facts, outcome=BASELINE, reason=None, text_sha256=text_sha256,
+                           text_length=len(extraction.text), clause_count=len(clauses),
+                           clauses=clauses)
+            return CaptureResult(outcome=BASELINE)
+
+        # The capture first (it carries the new clause list), then one event per clause edit.
+        self._captured(facts, outcome=CHANGED, reason=None, text_sha256=text_sha256,
+                       text_length=len(extraction.text), clause_count=len(clauses),
+                       clauses=clauses, changes=len(alignment.edits))
+        for edit in alignment.edits:
+            self.trigger_event(
+                self.ClauseChanged,
+                clause_id=edit.clause_id,
+                kind=edit.kind,
+                section=list(edit.section),
+                before=edit.before,
+                after=edit.after,
+                patch=edit.patch,
+                similarity=edit.similarity,
+                position=edit.position,
+                captured_at=facts.captured_at,
+                sha256=facts.sha256,
+            )
+        return CaptureResult(outcome=CHANGED, changes=len(alignment.edits),
+                             kinds=tuple(e.kind for e in alignment.edits))
+
+    def record_not_modified(self, *, captured_at: datetime, requested_url: str,
+                            final_url: str) -> CaptureResult:
+        """Record a 304 Not Modified: the last capture verified again."""
+        if self.last_sha256 is None:
+            raise ValueError("a 304 needs an earlier capture to refer to")
+        facts = CaptureFacts(captured_at=captured_at, requested_url=requested_url,
+                             final_url=final_url, http_status=304, content_type="",
+                             sha256=self.last_sha256, size=0, etag=self.etag,
+                             last_modified=self.last_modified)
+        return self.record_capture(facts, None)
+
+    def record_failure(self, *, captured_at: datetime, requested_url: str, error_kind: str,
+                       message: str, http_status: int | None = None) -> None:
+        """Record a capture that could not be made."""
+        self.trigger_event(self.CaptureFailed, captured_at=captured_at,
+                           requested_url=requested_url, error_kind=error_kind,
+                           message=message, http_status=http_status)
+
+    def _captured(self, facts: CaptureFacts, *, outcome: str, reason: str | None,
+                  text_sha256: str | None, text_length: int | None, clause_count: int,
+                  clauses: list[dict[str, Any]] | None = None, changes: int = 0) -> None:
+        self.trigger_event(
+            self.DocumentCaptured,
+            captured_at=facts.captured_at,
+            requested_url=facts.requested_url,
+            final_url=facts.final_url,
+            redirects=list(facts.redirects),
+            http_status=facts.http_status,
+            etag=facts.etag,
+            last_modified=facts.last_modified,
+            content_type=facts.content_type,
+            sha256=facts.sha256,
+            size=facts.size,
+            text_sha256=text_sha256,
+            text_length=text_length,
+            clause_count=clause_count,
+            outcome=outcome,
+            reason=reason,
+            changes=changes,
+            clauses=clauses,
+        )
+
+    # Events ------------------------------------------------------------------------------
+
+    class DocumentRedescribed(Aggregate.Event):
+        platform: str
+        title: str
+        url: str
+
+        def apply(self, document: Document) -> None:
+            document.platform, document.title, document.url = self.platform, self.title, self.url
+
+    class DocumentCaptured(Aggregate.Event):
+        """A page was fetched (or verified by a 304) and compared with the last good version.
+
+        `clauses` holds the whole new clause list when the text changed (or at the baseline),
+        so the aggregate never needs the page again; it is None otherwise.
+        """
+
+        captured_at: datetime
+        requested_url: str
+        final_url: str
+        redirects: list[str]
+        http_status: int
+        etag: str | None
+        last_modified: str | None
+        content_type: str
+        sha256: str
+        size: int
+        text_sha256: str | None
+        text_length: int | None
+        clause_count: int
+        outcome: str
+        reason: str | None
+        changes: int
+        clauses: list[dict[str, Any]] | None
+
+        def apply(self, document: Document) -> None:
+            document.captures += 1
+            document.consecutive_failures = 0
+            document.last_outcome = self.outcome
+            document.last_reason = self.reason
+            if self.http_status != 304:
+                document.last_sha256 = self.sha256
+                document.etag = self.etag
+                document.last_modified = self.last_modified
+            if self.clauses is not None:
+                document.clauses = self.clauses
+            if self.outcome in (BASELINE, CHANGED, UNCHANGED) and self.text_sha256:
+                document.text_sha256 = self.text_sha256
+                document.text_length = self.text_length or 0
+
+    class CaptureFailed(Aggregate.Event):
+        """A capture could not be made: the error's kind and message."""
+
+        captured_at: datetime
+        requested_url: str
+        error_kind: str
+        message: str
+        http_status: int | None
+
+        def apply(self, document: Document) -> None:
+            document.failures += 1
+            document.consecutive_failures += 1
+
+    class ClauseChanged(Aggregate.Event):
+        """One clause was added, removed, modified or moved by the preceding capture."""
+
+        clause_id: str
+        kind: str
+        section: list[str]
+        before: str | None
+        after: str | None
+        patch: str
+        similarity: float
+        position: int
+        captured_at: datetime
+        sha256: str
+
+
+def _clause_id(slug: str, capture_no: int, index: int) -> str:
+    digest = hashlib.sha256(f"{slug}\x00{capture_no}\x00{index}".encode()).hexdigest()
+    return f"cl-{digest[:12]}"

@@ -1,0 +1,371 @@
+"""Turn a fetched document into an ordered list of text blocks, each with its heading path."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lxml.etree as etree
+import lxml.html
+from cssselect import SelectorError as CssSyntaxError
+from lxml.cssselect import CSSSelector
+
+from domain.errors import SelectorError, UnsupportedContentError
+from domain.normalize import normalize_text
+
+# A selector as Open Terms Archive declarations write it: CSS, a range, or a list of both.
+Selector = str | Mapping[str, str] | Sequence[str | Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Block:
+    """One block of visible text: a paragraph, list item, table row, heading or definition."""
+
+    text: str
+    section: tuple[str, ...] = ()
+    kind: str = "paragraph"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Extraction:
+    """What extraction found, and whether the `select` declaration matched anything."""
+
+    blocks: tuple[Block, ...]
+    selection_matched: bool = True
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def text(self) -> str:
+        """All blocks joined, one per line: the document's normalised text."""
+        return "\n".join(block.text for block in self.blocks)
+
+
+_SKIPPED_TAGS = frozenset({
+    "script", "style", "template", "noscript", "head", "title", "meta", "link", "svg", "math",
+    "iframe", "object", "embed", "canvas", "audio", "video", "source", "track", "select",
+    "option", "input", "textarea", "button", "map", "area", "base",
+})
+_BLOCK_KINDS = {
+    "h1": "heading", "h2": "heading", "h3": "heading", "h4": "heading", "h5": "heading",
+    "h6": "heading", "p": "paragraph", "li": "item", "tr": "row", "dt": "term",
+    "dd": "definition", "blockquote": "quote", "pre": "pre", "caption": "caption",
+    "figcaption": "caption", "summary": "heading",
+}
+_BLOCK_TAGS = frozenset(_BLOCK_KINDS) | frozenset({
+    "address", "article", "aside", "body", "details", "dialog", "div", "dl", "fieldset",
+    "figure", "footer", "form", "header", "hgroup", "hr", "html", "legend", "main", "menu",
+    "nav", "ol", "section", "table", "tbody", "thead", "tfoot", "ul", "center",
+})
+_CELL_TAGS = frozenset({"td", "th"})
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+_RANGE_KEYS = {
+    "startBefore": "start_before", "startAfter": "start_after",
+    "endBefore": "end_before", "endAfter": "end_after",
+}
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
+
+
+def extract(
+    body: bytes,
+    content_type: str = "text/html",
+    *,
+    select: Selector | None = None,
+    remove: Selector | None = None,
+) -> Extraction:
+    """Extract the visible text blocks of a document of any supported content type."""
+    media_type, params = _parse_content_type(content_type)
+    if media_type in {"text/html", "application/xhtml+xml", ""} or _looks_like_html(body):
+        if media_type not in {"text/plain", "text/markdown", "application/pdf"}:
+            return extract_html(decode_text(body, params.get("charset")), select=select,
+                                remove=remove)
+    if media_type in {"text/markdown", "text/x-markdown"}:
+        return extract_markdown(decode_text(body, params.get("charset")))
+    if media_type == "text/plain":
+        return extract_plain(decode_text(body, params.get("charset")))
+    if media_type == "application/pdf":
+        return extract_pdf(body)
+    raise UnsupportedContentError(content_type)
+
+
+def decode_text(body: bytes, charset: str | None = None) -> str:
+    """Decode bytes using the declared charset, a <meta> charset, UTF-8, then Windows-1252."""
+    candidates: list[str] = []
+    if charset:
+        candidates.append(charset)
+    if body.startswith(b"\xef\xbb\xbf"):
+        candidates.insert(0, "utf-8-sig")
+    meta = _META_CHARSET.search(body[:4096])
+    if meta:
+        candidates.append(meta.group(1).decode("ascii", "replace"))
+    candidates += ["utf-8", "cp1252"]
+    for name in candidates:
+        try:
+            return body.decode(name)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return body.decode("utf-8", errors="replace")
+
+
+def extract_html(html: str, *, select: Selector | None = None,
+                 remove: Selector | None = None) -> Extraction:
+    """Extract blocks from HTML, keeping only what `select` picks and dropping what `remove` picks."""
+    html = _XML_DECL.sub("", html, count=1)
+    if not html.strip():
+        return Extraction(blocks=(), selection_matched=select is None)
+    try:
+        root = lxml.html.document_fromstring(html)
+    except (etree.ParserError, ValueError):
+        return Extraction(blocks=(), selection_matched=select is None,
+                          warnings=("the page could not be parsed as HTML",))
+    # lxml builds element proxies on demand and id() is only stable while one is alive:
+    # hold them all for the length of the walk.
+    alive = list(root.iter())
+    order = _document_order(root)
+    keep = _Marks()
+    selection_matched = True
+    if select is not None:
+        selection_matched = keep.add_all(root, order, select)
+    drop = _Marks()
+    if remove is not None:
+        drop.add_all(root, order, remove)
+    walker = _Walker(keep if select is not None else None, drop)
+    blocks = tuple(walker.walk(root))
+    del alive
+    return Extraction(blocks=blocks, selection_matched=selection_matched)
+
+
+def extract_markdown(markdown: str) -> Extraction:
+    """Render Markdown to HTML and extract it like a page."""
+    from markdown_it import MarkdownIt  # imported here: only Markdown documents need it
+
+    html = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return extract_html(f"<html><body>{html}</body></html>")
+
+
+def extract_plain(text: str) -> Extraction:
+    """Split plain text into paragraphs at blank lines."""
+    paragraphs = re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
+    blocks = [Block(text=t, kind="paragraph") for t in map(normalize_text, paragraphs) if t]
+    return Extraction(blocks=tuple(blocks))
+
+
+def extract_pdf(body: bytes) -> Extraction:
+    """Extract the text of a PDF page by page, then split it into paragraphs."""
+    from pypdf import PdfReader  # imported here: only PDF documents need it
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(io.BytesIO(body))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
+        return Extraction(blocks=(), warnings=(f"the PDF could not be read: {exc}",))
+    blocks: list[Block] = []
+    for page in pages:
+        # pypdf ends lines inside a paragraph; a line ending a sentence ends a paragraph.
+        paragraph: list[str] = []
+        for line in page.splitlines() + [""]:
+            stripped = line.strip()
+            if stripped:
+                paragraph.append(stripped)
+            if paragraph and (not stripped or stripped.endswith((".", ":", ";"))):
+                text = normalize_text(" ".join(paragraph))
+                if text:
+                    blocks.append(Block(text=text, kind="paragraph"))
+                paragraph = []
+    return Extraction(blocks=tuple(blocks))
+
+
+def _parse_content_type(content_type: str) -> tuple[str, dict[str, str]]:
+    media_type, _, rest = (content_type or "").partition(";")
+    params: dict[str, str] = {}
+    for part in rest.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip():
+            params[key.strip().lower()] = value.strip().strip('"')
+    return media_type.strip().lower(), params
+
+
+def _looks_like_html(body: bytes) -> bool:
+    head = body[:1024].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
+
+
+def _document_order(root: Any) -> dict[tuple[int, str], int]:
+    """Number every start and end point of every element in document order."""
+    order: dict[tuple[int, str], int] = {}
+    for n, (event, element) in enumerate(etree.iterwalk(root, events=("start", "end"))):
+        order[(id(element), event)] = n
+    return order
+
+
+def _compile(css: str, declaration: object) -> CSSSelector:
+    if not isinstance(css, str) or not css.strip():
+        raise SelectorError(declaration, "a selector must be a non-empty CSS selector string")
+    try:
+        return CSSSelector(css)
+    except (CssSyntaxError, etree.XPathError) as exc:
+        raise SelectorError(declaration, f"invalid CSS selector {css!r}: {exc}") from None
+
+
+def _first(root: Any, css: str, declaration: object) -> Any | None:
+    matches = _compile(css, declaration)(root)
+    return matches[0] if matches else None
+
+
+class _Marks:
+    """Points where a selection starts (+1) or ends (-1), keyed by (element id, event)."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[tuple[int, str], int] = {}
+
+    def add_all(self, root: Any, order: Mapping[tuple[int, str], int], selector: object) -> bool:
+        """Add every part of a selector; True if any part matched."""
+        parts: Iterable[object]
+        if isinstance(selector, (str, Mapping)):
+            parts = [selector]
+        elif isinstance(selector, Sequence):
+            parts = selector
+        else:
+            raise SelectorError(selector, "expected a CSS string, a range table or a list of them")
+        matched = False
+        for part in parts:
+            if isinstance(part, str):
+                for element in _compile(part, part)(root):
+                    self._mark(element, "start", +1)
+                    self._mark(element, "end", -1)
+                    matched = True
+            elif isinstance(part, Mapping):
+                matched = self._add_range(root, order, part) or matched
+            else:
+                raise SelectorError(part, "expected a CSS string or a range table")
+        return matched
+
+    def _add_range(self, root: Any, order: Mapping[tuple[int, str], int],
+                   declaration: Mapping[str, str]) -> bool:
+        spec = {_RANGE_KEYS.get(key, key): value for key, value in declaration.items()}
+        unknown = set(spec) - set(_RANGE_KEYS.values())
+        if unknown:
+            raise SelectorError(declaration, f"unknown range key(s) {sorted(unknown)}; use "
+                                "startBefore/startAfter and endBefore/endAfter")
+        starts = [k for k in ("start_before", "start_after") if k in spec]
+        ends = [k for k in ("end_before", "end_after") if k in spec]
+        if len(starts) != 1 or len(ends) != 1:
+            raise SelectorError(declaration, "a range needs exactly one of startBefore/startAfter"
+                                " and one of endBefore/endAfter")
+        start_el = _first(root, spec[starts[0]], declaration)
+        end_el = _first(root, spec[ends[0]], declaration)
+        if start_el is None or end_el is None:
+            return False
+        start = (id(start_el), "start" if starts[0] == "start_before" else "end")
+        end = (id(end_el), "start" if ends[0] == "end_before" else "end")
+        if order[end] <= order[start]:
+            return False
+        self.deltas[start] = self.deltas.get(start, 0) + 1
+        self.deltas[end] = self.deltas.get(end, 0) - 1
+        return True
+
+    def _mark(self, element: Any, event: str, delta: int) -> None:
+        key = (id(element), event)
+        self.deltas[key] = self.deltas.get(key, 0) + delta
+
+
+class _Walker:
+    """Walks the tree once, in document order, and cuts the visible text into blocks."""
+
+    def __init__(self, keep: _Marks | None, drop: _Marks) -> None:
+        self.keep = keep
+        self.drop = drop
+        self.kept = 0 if keep is not None else 1
+        self.dropped = 0
+        self.buffer: list[str] = []
+        self.block_tags: list[str] = []
+        self.headings: list[tuple[int, str]] = []
+        self.blocks: list[Block] = []
+
+    def walk(self, root: Any) -> list[Block]:
+        walker = etree.iterwalk(root, events=("start", "end"))
+        for event, element in walker:
+            tag = element.tag if isinstance(element.tag, str) else None
+            if event == "start":
+                self._apply(element, "start")
+                if tag is None or self._is_skipped(element, tag):
+                    # Comments and invisible elements: nothing inside is text, the tail is.
+                    self._apply(element, "end")
+                    self._text(element.tail)
+                    walker.skip_subtree()
+                    continue
+                self._open(tag)
+                self._text(element.text)
+            else:
+                if tag is None or self._is_skipped(element, tag):
+                    continue
+                self._close(tag)
+                self._apply(element, "end")
+                self._text(element.tail)
+        self._flush()
+        return self.blocks
+
+    def _apply(self, element: Any, event: str) -> None:
+        key = (id(element), event)
+        if self.keep is not None:
+            self.kept += self.keep.deltas.get(key, 0)
+        self.dropped += self.drop.deltas.get(key, 0)
+
+    @staticmethod
+    def _is_skipped(element: Any, tag: str) -> bool:
+        if tag in _SKIPPED_TAGS:
+            return True
+        attrib = element.attrib
+        if "hidden" in attrib:
+            return True
+        # aria-hidden marks decorative inline symbols ("#" permalinks, icons) but also whole
+        # containers hidden from screen readers behind an open cookie dialog, which a reader
+        # still sees: only inline elements are skipped.
+        if attrib.get("aria-hidden") == "true" and tag not in _BLOCK_TAGS:
+            return True
+        style = attrib.get("style")
+        return bool(style and _HIDDEN_STYLE.search(style))
+
+    def _text(self, text: str | None) -> None:
+        if text and self.kept > 0 and self.dropped <= 0:
+            self.buffer.append(text)
+
+    def _open(self, tag: str) -> None:
+        if tag in _BLOCK_TAGS:
+            self._flush()
+            self.block_tags.append(tag)
+        elif tag in _CELL_TAGS:
+            if self.buffer and "".join(self.buffer).strip():
+                self.buffer.append(" | ")
+        elif tag == "br":
+            self.buffer.append(" ")
+
+    def _close(self, tag: str) -> None:
+        if tag in _BLOCK_TAGS:
+            self._flush()
+            if self.block_tags:
+                self.block_tags.pop()
+        elif tag in _CELL_TAGS:
+            self.buffer.append(" ")
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        text = normalize_text("".join(self.buffer)).strip(" |")
+        self.buffer = []
+        if not text:
+            return
+        tag = next((t for t in reversed(self.block_tags) if t in _BLOCK_KINDS), "")
+        kind = _BLOCK_KINDS.get(tag, "text")
+        section = tuple(heading for _, heading in self.headings)
+        if kind == "heading":
+            level = int(tag[1]) if tag[:1] == "h" and tag[1:].isdigit() else 7
+            while self.headings and self.headings[-1][0] >= level:
+                self.headings.pop()
+            section = tuple(heading for _, heading in self.headings)
+            self.headings.append((level, text))
+        self.blocks.append(Block(text=text, section=section, kind=kind))

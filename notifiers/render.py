@@ -23,7 +23,7 @@ SLACK_MAX_BLOCKS = 50
 SLACK_MAX_SECTION_TEXT = 3000
 SLACK_MAX_HEADER_TEXT = 150
 SLACK_MAX_FALLBACK_TEXT = 3000
-_SLACK_MAX_URL = 1000
+_SLACK_MAX_URL = 800
 
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
 _DMP_OPS: dict[int, Op] = {0: "equal", -1: "delete", 1: "insert"}
@@ -134,7 +134,8 @@ def subject(notice: Notice) -> str:
         return f"clausewatch test notification for subscription {_one_line(notice.subscription_id)}"
     if notice.kind == "alert":
         doc = notice.documents[0]
-        return f"{_one_line(doc.heading)}: {_plural(len(doc.changes), 'clause')} changed"
+        heading = _truncate(_one_line(doc.heading), 150)
+        return f"{heading}: {_plural(len(doc.changes), 'clause')} changed"
     period = _period(notice)
     return (
         f"clausewatch {period}digest: {_plural(notice.change_count, 'change')}"
@@ -416,10 +417,10 @@ def _slack_context(text: str) -> dict[str, Any]:
 
 
 def _slack_change_text(doc: DocumentNotice, change: ClauseNotice) -> str:
-    head = f"*{slack_escape(_change_title(change))}*"
+    head = f"*{slack_escape(_truncate(_change_title(change), 300))}*"
     tags = _change_tags(change)
     if tags:
-        head += f" _({slack_escape(tags)})_"
+        head += f" _({slack_escape(_truncate(tags, 300))})_"
     head += "\n"
     more = f"\n… _diff truncated:_ {_slack_link(doc.link, 'read the full change')}"
     body, cut = slack_diff(change_segments(change), SLACK_MAX_SECTION_TEXT - len(head))

@@ -177,6 +177,28 @@ def test_slack_header_respects_its_limit() -> None:
     assert header.endswith("…")
 
 
+def test_slack_sections_stay_within_limits_whatever_the_page_says() -> None:
+    long_url = "https://www.tiktok.com/legal/" + "x" * 900
+    change = ClauseNotice(
+        clause_id="c1",
+        kind="modified",
+        section=("Heading " * 700,),
+        before="We keep data for 30 days.",
+        after="We keep data for 90 days.",
+        categories=tuple(f"category-{i}" for i in range(200)),
+    )
+    doc = replace(
+        tiktok_document((change,)),
+        title="Privacy Policy " * 100,
+        url=long_url,
+        evidence_url=long_url,
+        document_link=long_url,
+    )
+    texts = _slack_texts(slack_payload(alert(document=doc)))
+    assert all(0 < len(t) <= SLACK_MAX_SECTION_TEXT for t in texts)
+    assert any("*30*" not in t and "~30~ *90*" in t for t in texts)
+
+
 def test_webhook_payload_is_versioned_json_with_utc_timestamps() -> None:
     notice = weekly_digest()
     payload = webhook_payload(notice)

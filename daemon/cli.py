@@ -1,0 +1,225 @@
+"""The `clausewatch` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from config.errors import ConfigError
+from config.settings import Settings, load_settings
+from daemon.service import ClauseWatch, UnknownDocumentError
+from daemon.store import StoreError, open_store
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one subcommand per verb."""
+    parser = argparse.ArgumentParser(prog="clausewatch",
+                                     description="Clause-level monitoring of legal documents.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-c", "--config", default="clausewatch.toml", type=Path,
+                       help="config file (default: ./clausewatch.toml)")
+        return p
+
+    p = command("check", "capture each document once now")
+    p.add_argument("--document", action="append", default=[], metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p = command("documents", "list tracked documents")
+    p.add_argument("--json", action="store_true")
+    p = command("clauses", "list a document's clauses")
+    p.add_argument("document", metavar="DOCUMENT_ID")
+    p.add_argument("--json", action="store_true")
+    p = command("changes", "list clause changes")
+    p.add_argument("--document", metavar="ID")
+    p.add_argument("--since", metavar="ISO")
+    p.add_argument("--kind", choices=("added", "removed", "modified", "moved"))
+    p.add_argument("--json", action="store_true")
+    p = command("verify", "re-hash every stored capture")
+    p.add_argument("--json", action="store_true")
+    p = command("gc", "apply the evidence retention policy")
+    p = command("rebuild", "rebuild the read views from the event log")
+    cfg = sub.add_parser("config", help="config file tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    p = cfg_sub.add_parser("check", help="validate a config file and explain it")
+    p.add_argument("-c", "--config", default="clausewatch.toml", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    handler = _HANDLERS.get(args.command)
+    if args.command == "config":
+        handler = _config_check
+    assert handler is not None
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"clausewatch: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"clausewatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except UnknownDocumentError as exc:
+        print(f"clausewatch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error of ours.
+        sys.stderr.close()
+        return EXIT_OK
+
+
+@contextmanager
+def _service(settings: Settings) -> Iterator[ClauseWatch]:
+    store = open_store(settings.store, settings.data_dir)
+    try:
+        yield ClauseWatch(store, detection=settings.detection)
+    finally:
+        store.close()
+
+
+def _print_json(rows: Any) -> None:
+    json.dump(rows, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from daemon.check import check_all
+
+    settings = load_settings(args.config)
+    documents = settings.documents
+    if args.document:
+        wanted = set(args.document)
+        unknown = wanted - {d.id for d in documents}
+        if unknown:
+            raise ConfigError(str(args.config), "documents",
+                              f"no document with id {sorted(unknown)[0]!r}",
+                              "use an id from [[documents]]")
+        documents = tuple(d for d in documents if d.id in wanted)
+    with _service(settings) as service:
+        outcomes = asyncio.run(check_all(service, settings.fetch, documents))
+    if args.json:
+        _print_json([{"document": o.document_id, "outcome": o.outcome, "changes": o.changes,
+                      "kinds": list(o.kinds), "reason": o.reason, "sha256": o.sha256}
+                     for o in outcomes])
+    else:
+        for o in outcomes:
+            print(f"{o.document_id}: {o.describe()}")
+    return EXIT_FAILED if any(o.outcome == "failed" for o in outcomes) else EXIT_OK
+
+
+def _documents(args: argparse.Namespace) -> int:
+    with _service(load_settings(args.config)) as service:
+        rows = service.documents()
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['id']}  {r['status']:8}  captures={r['captures']} changes={r['changes']} "
+                  f"failures={r['failures']}  last verified {r['last_verified'] or '-'}  "
+                  f"last updated {r['last_updated'] or '-'}")
+    return EXIT_OK
+
+
+def _clauses(args: argparse.Namespace) -> int:
+    with _service(load_settings(args.config)) as service:
+        rows = service.clauses(args.document)
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            section = " > ".join(r["section"])
+            print(f"{r['id']}  {r['status']:7} {r['stability']:8} changes={r['changes']} "
+                  f"since {r['first_seen']}  [{section}]\n    {r['text'][:160]}")
+    return EXIT_OK
+
+
+def _changes(args: argparse.Namespace) -> int:
+    with _service(load_settings(args.config)) as service:
+        rows = service.changes(document=args.document, since=args.since, kind=args.kind)
+    if args.json:
+        _print_json([{k: r[k] for k in ("id", "document", "clause", "kind", "section", "before",
+                                        "after", "captured_at", "sha256", "similarity")}
+                     for r in rows])
+    else:
+        for r in rows:
+            print(f"{r['captured_at']}  {r['document']}  {r['kind']:8} {r['clause']}")
+            if r["before"] is not None:
+                print(f"    - {r['before'][:200]}")
+            if r["after"] is not None:
+                print(f"    + {r['after'][:200]}")
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    with _service(load_settings(args.config)) as service:
+        problems = service.verify()
+        checked = service.verified_count()
+    if args.json:
+        _print_json(problems)
+    else:
+        for p in problems:
+            print(f"{p['status'].upper()}: {p['sha256']} ({p['document']}, captured "
+                  f"{p['captured_at']})")
+        print(f"{checked} stored captures checked, {len(problems)} problem(s)")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _gc(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    with _service(settings) as service:
+        dropped = service.apply_retention(older_than=settings.evidence.retention)
+    print(f"dropped the bytes of {dropped} capture(s) that changed nothing")
+    return EXIT_OK
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    with _service(load_settings(args.config)) as service:
+        count = service.views.rebuild()
+    print(f"rebuilt the views from {count} events")
+    return EXIT_OK
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(f"{settings.path}: OK")
+    print(f"  data_dir: {settings.data_dir}")
+    print(f"  store: {settings.store.url.split('@')[-1]}")
+    print(f"  documents: {len(settings.documents)}")
+    for d in settings.documents:
+        print(f"    {d.id}: every {settings.interval_of(d):g}s, {d.url}")
+    print(f"  channels: {len(settings.channels)}; subscriptions: {len(settings.subscriptions)}")
+    print(f"  http: {settings.http.listen}")
+    return EXIT_OK
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clausewatch")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+_HANDLERS = {
+    "check": _check, "documents": _documents, "clauses": _clauses, "changes": _changes,
+    "verify": _verify, "gc": _gc, "rebuild": _rebuild,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

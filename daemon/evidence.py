@@ -1,0 +1,100 @@
+"""Page bytes exactly as served, stored once per SHA-256 and compressed at rest."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class EvidenceError(Exception):
+    """A stored capture that is missing or no longer matches its hash."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyResult:
+    """The outcome of re-hashing one stored capture."""
+
+    sha256: str
+    status: str  # "ok", "missing", "mismatch", "unreadable"
+    actual: str | None = None
+
+
+class EvidenceStore:
+    """Content-addressed files: <root>/ab/cd/<sha256>.gz, written atomically, never rewritten."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        """Where the bytes of a capture live."""
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise EvidenceError(f"{sha256!r} is not a SHA-256 hex digest")
+        return self.root / sha256[:2] / sha256[2:4] / f"{sha256}.gz"
+
+    def put(self, body: bytes) -> str:
+        """Store bytes (if not already stored) and return their SHA-256."""
+        sha256 = hashlib.sha256(body).hexdigest()
+        target = self.path(sha256)
+        if target.exists():
+            return sha256
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                gz.write(body)
+                gz.flush()
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return sha256
+
+    def has(self, sha256: str) -> bool:
+        """True if the bytes of this hash are stored."""
+        return self.path(sha256).exists()
+
+    def get(self, sha256: str, *, verify: bool = True) -> bytes:
+        """The stored bytes; raises EvidenceError if missing or (when verifying) tampered."""
+        try:
+            body = gzip.decompress(self.path(sha256).read_bytes())
+        except FileNotFoundError:
+            raise EvidenceError(f"capture {sha256} is not stored") from None
+        except (OSError, EOFError) as exc:
+            raise EvidenceError(f"capture {sha256} cannot be read: {exc}") from None
+        if verify and hashlib.sha256(body).hexdigest() != sha256:
+            raise EvidenceError(f"capture {sha256} no longer matches its hash")
+        return body
+
+    def verify(self, sha256: str) -> VerifyResult:
+        """Re-hash one stored capture."""
+        try:
+            body = gzip.decompress(self.path(sha256).read_bytes())
+        except FileNotFoundError:
+            return VerifyResult(sha256=sha256, status="missing")
+        except (OSError, EOFError):
+            return VerifyResult(sha256=sha256, status="unreadable")
+        actual = hashlib.sha256(body).hexdigest()
+        status = "ok" if actual == sha256 else "mismatch"
+        return VerifyResult(sha256=sha256, status=status, actual=actual)
+
+    def delete(self, sha256: str) -> bool:
+        """Drop the bytes of a capture (its hash stays in the event log)."""
+        try:
+            self.path(sha256).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def stored(self) -> Iterator[str]:
+        """Every hash with bytes on disk."""
+        if not self.root.exists():
+            return
+        for path in sorted(self.root.glob("??/??/*.gz")):
+            yield path.name[:-3]

@@ -1,0 +1,256 @@
+"""The read side: documents, clauses, changes and captures, derived from the event log.
+
+Each batch of events and the consumer's position are written in one transaction, so a crash
+or restart never counts an event twice or skips one; `rebuild` replays the whole log.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from daemon.sql import Database, Transaction
+from domain.document import Document
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS cw_positions (
+        name TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS cw_documents (
+        id TEXT PRIMARY KEY, record_no INTEGER NOT NULL, platform TEXT NOT NULL,
+        title TEXT NOT NULL, url TEXT NOT NULL, first_tracked TEXT, last_verified TEXT,
+        last_updated TEXT, last_captured TEXT, last_success TEXT, captures INTEGER NOT NULL,
+        changes INTEGER NOT NULL, failures INTEGER NOT NULL,
+        consecutive_failures INTEGER NOT NULL, status TEXT NOT NULL, last_error TEXT,
+        sha256 TEXT, aggregate_id TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS cw_clauses (
+        id TEXT PRIMARY KEY, record_no INTEGER NOT NULL, document TEXT NOT NULL,
+        position INTEGER NOT NULL, section TEXT NOT NULL, text TEXT NOT NULL,
+        kind TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+        changes INTEGER NOT NULL, status TEXT NOT NULL, removed_at TEXT,
+        first_sha256 TEXT, last_sha256 TEXT)""",
+    "CREATE INDEX IF NOT EXISTS cw_clauses_document ON cw_clauses (document, status, position)",
+    """CREATE TABLE IF NOT EXISTS cw_changes (
+        seq BIGINT PRIMARY KEY, event_id TEXT NOT NULL, document TEXT NOT NULL,
+        clause TEXT NOT NULL, kind TEXT NOT NULL, section TEXT NOT NULL, before TEXT,
+        after TEXT, patch TEXT NOT NULL, similarity REAL NOT NULL, captured_at TEXT NOT NULL,
+        sha256 TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS cw_changes_document ON cw_changes (document, seq)",
+    "CREATE INDEX IF NOT EXISTS cw_changes_clause ON cw_changes (clause, seq)",
+    "CREATE INDEX IF NOT EXISTS cw_changes_time ON cw_changes (captured_at)",
+    """CREATE TABLE IF NOT EXISTS cw_captures (
+        seq BIGINT PRIMARY KEY, event_id TEXT NOT NULL, document TEXT NOT NULL,
+        captured_at TEXT NOT NULL, outcome TEXT NOT NULL, http_status INTEGER,
+        sha256 TEXT, size INTEGER, text_sha256 TEXT, final_url TEXT, content_type TEXT,
+        reason TEXT, changes INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS cw_captures_document ON cw_captures (document, seq)",
+    "CREATE INDEX IF NOT EXISTS cw_captures_sha ON cw_captures (sha256)",
+)
+VIEW_TABLES = ("cw_documents", "cw_clauses", "cw_changes", "cw_captures")
+NAME = "views"
+
+Decoder = Callable[[Any], Any]
+Reader = Callable[[int, int], Sequence[Any]]
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, seconds precision: sortable as text on both databases."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Views:
+    """The projection of the event log into query tables."""
+
+    def __init__(self, db: Database, *, read: Reader, decode: Decoder,
+                 batch_size: int = 500) -> None:
+        self.db = db
+        self.read = read
+        self.decode = decode
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._slugs: dict[Any, str] = {}
+        db.executescript(SCHEMA)
+
+    def position(self, name: str = NAME) -> int:
+        """The last notification id this consumer has processed."""
+        return int(self.db.scalar("SELECT position FROM cw_positions WHERE name = ?", (name,))
+                   or 0)
+
+    def catch_up(self) -> int:
+        """Process every event not yet seen; returns how many were processed."""
+        done = 0
+        with self._lock:
+            while True:
+                position = self.position()
+                notifications = self.read(position + 1, self.batch_size)
+                if not notifications:
+                    return done
+                with self.db.transaction() as tx:
+                    # Another process may have moved the position since we read it.
+                    current = int(tx.scalar("SELECT position FROM cw_positions WHERE name = ?",
+                                            (NAME,)) or 0)
+                    fresh = [n for n in notifications if n.id > current]
+                    for notification in fresh:
+                        self._apply(tx, notification.id, self.decode(notification))
+                    if fresh:
+                        _save_position(tx, NAME, fresh[-1].id)
+                done += len(fresh)
+
+    def rebuild(self) -> int:
+        """Empty the views and replay the whole event log."""
+        with self._lock, self.db.transaction() as tx:
+            for table in VIEW_TABLES:
+                tx.execute(f"DELETE FROM {table}")
+            tx.execute("DELETE FROM cw_positions WHERE name = ?", (NAME,))
+        return self.catch_up()
+
+    # Event handlers --------------------------------------------------------------------
+
+    def _apply(self, tx: Transaction, seq: int, event: Any) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(tx, seq, event)
+
+    def _slug(self, tx: Transaction, event: Any) -> str:
+        slug = getattr(event, "slug", None)
+        if slug:
+            return str(slug)
+        slug = self._slugs.get(event.originator_id)
+        if slug is None:
+            rows = tx.query("SELECT id FROM cw_documents WHERE aggregate_id = ?",
+                            (str(event.originator_id),))
+            slug = rows[0]["id"] if rows else str(event.originator_id)
+            self._slugs[event.originator_id] = slug
+        return slug
+
+    def _on_DocumentRegistered(self, tx: Transaction, seq: int,
+                               event: Document.DocumentRegistered) -> None:
+        record_no = int(tx.scalar("SELECT COALESCE(MAX(record_no), 0) FROM cw_documents")) + 1
+        tx.execute(
+            """INSERT INTO cw_documents (id, record_no, platform, title, url, captures, changes,
+               failures, consecutive_failures, status, aggregate_id)
+               VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, 'pending', ?)
+               ON CONFLICT (id) DO NOTHING""",
+            (event.slug, record_no, event.platform, event.title, event.url,
+             str(event.originator_id)),
+        )
+        self._slugs[event.originator_id] = event.slug
+
+    def _on_DocumentRedescribed(self, tx: Transaction, seq: int,
+                                event: Document.DocumentRedescribed) -> None:
+        tx.execute("UPDATE cw_documents SET platform = ?, title = ?, url = ? WHERE id = ?",
+                   (event.platform, event.title, event.url, self._slug(tx, event)))
+
+    def _on_DocumentCaptured(self, tx: Transaction, seq: int,
+                             event: Document.DocumentCaptured) -> None:
+        slug = self._slug(tx, event)
+        at = iso(event.captured_at)
+        good = event.outcome != "suspect"
+        tx.execute(
+            """INSERT INTO cw_captures (seq, event_id, document, captured_at, outcome,
+               http_status, sha256, size, text_sha256, final_url, content_type, reason, changes)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (seq, _event_id(event), slug, at, event.outcome, event.http_status, event.sha256,
+             event.size, event.text_sha256, event.final_url, event.content_type, event.reason,
+             event.changes),
+        )
+        updated = at if event.outcome in ("baseline", "changed") else None
+        tx.execute(
+            """UPDATE cw_documents SET
+                 first_tracked = COALESCE(first_tracked, ?),
+                 last_verified = CASE WHEN ? THEN ? ELSE last_verified END,
+                 last_updated = COALESCE(?, last_updated),
+                 last_captured = ?, last_success = ?,
+                 captures = captures + 1, changes = changes + ?,
+                 consecutive_failures = 0,
+                 status = ?, last_error = ?,
+                 sha256 = ?
+               WHERE id = ?""",
+            (at, good, at, updated, at, at, event.changes,
+             "ok" if good else "suspect", None if good else event.reason, event.sha256, slug),
+        )
+        if event.clauses is not None:
+            self._replace_clauses(tx, slug, event, at)
+        if good:
+            tx.execute("""UPDATE cw_clauses SET last_seen = ?, last_sha256 = ?
+                          WHERE document = ? AND status = 'present'""",
+                       (at, event.sha256, slug))
+
+    def _replace_clauses(self, tx: Transaction, slug: str, event: Document.DocumentCaptured,
+                         at: str | None) -> None:
+        assert event.clauses is not None
+        present = {row["id"] for row in tx.query(
+            "SELECT id FROM cw_clauses WHERE document = ? AND status = 'present'", (slug,))}
+        new_ids = [c["id"] for c in event.clauses]
+        gone = present - set(new_ids)
+        for clause_id in sorted(gone):
+            tx.execute("UPDATE cw_clauses SET status = 'removed', removed_at = ? WHERE id = ?",
+                       (at, clause_id))
+        record_no = int(tx.scalar("SELECT COALESCE(MAX(record_no), 0) FROM cw_clauses"))
+        for position, clause in enumerate(event.clauses):
+            section = json.dumps(clause["section"], ensure_ascii=False)
+            if clause["id"] in present:
+                tx.execute("""UPDATE cw_clauses SET position = ?, section = ?, text = ?, kind = ?
+                              WHERE id = ?""",
+                           (position, section, clause["text"], clause["kind"], clause["id"]))
+            else:
+                record_no += 1
+                tx.execute(
+                    """INSERT INTO cw_clauses (id, record_no, document, position, section, text,
+                       kind, first_seen, last_seen, changes, status, first_sha256, last_sha256)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'present', ?, ?)
+                       ON CONFLICT (id) DO UPDATE SET status = 'present', removed_at = NULL,
+                       position = excluded.position, text = excluded.text""",
+                    (clause["id"], record_no, slug, position, section, clause["text"],
+                     clause["kind"], at, at, event.sha256, event.sha256),
+                )
+
+    def _on_ClauseChanged(self, tx: Transaction, seq: int, event: Document.ClauseChanged) -> None:
+        slug = self._slug(tx, event)
+        tx.execute(
+            """INSERT INTO cw_changes (seq, event_id, document, clause, kind, section, before,
+               after, patch, similarity, captured_at, sha256)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (seq, _event_id(event), slug, event.clause_id, event.kind,
+             json.dumps(event.section, ensure_ascii=False), event.before, event.after,
+             event.patch, event.similarity, iso(event.captured_at), event.sha256),
+        )
+        if event.kind != "added":
+            # An addition is the clause's first appearance, not a change to it.
+            tx.execute("UPDATE cw_clauses SET changes = changes + 1 WHERE id = ?",
+                       (event.clause_id,))
+
+    def _on_CaptureFailed(self, tx: Transaction, seq: int, event: Document.CaptureFailed) -> None:
+        slug = self._slug(tx, event)
+        at = iso(event.captured_at)
+        tx.execute(
+            """INSERT INTO cw_captures (seq, event_id, document, captured_at, outcome,
+               http_status, reason, changes) VALUES (?, ?, ?, ?, 'failed', ?, ?, 0)""",
+            (seq, _event_id(event), slug, at, event.http_status,
+             f"{event.error_kind}: {event.message}"),
+        )
+        tx.execute(
+            """UPDATE cw_documents SET failures = failures + 1,
+               consecutive_failures = consecutive_failures + 1, last_captured = ?,
+               status = 'failing', last_error = ? WHERE id = ?""",
+            (at, f"{event.error_kind}: {event.message}", slug),
+        )
+
+
+def _save_position(tx: Transaction, name: str, position: int) -> None:
+    tx.execute(
+        """INSERT INTO cw_positions (name, position) VALUES (?, ?)
+           ON CONFLICT (name) DO UPDATE SET position = excluded.position""",
+        (name, position),
+    )
+
+
+def _event_id(event: Any) -> str:
+    """A stable id for an event: its aggregate and version."""
+    return f"{event.originator_id}:{event.originator_version}"

@@ -1,0 +1,129 @@
+"""The event store (an eventsourcing Application), the read database and the evidence files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import ApplicationRecorder
+
+from config.settings import StoreSettings
+from daemon.evidence import EvidenceStore
+from daemon.sql import Database
+from domain.document import Document
+
+
+class StoreError(Exception):
+    """The event store or read database cannot be opened or used."""
+
+
+class ClauseWatchApp(Application[Any]):
+    """The event-sourced application: one aggregate per watched document."""
+
+    name = "ClauseWatch"
+    snapshotting_intervals = {Document: 50}  # noqa: RUF012 (the library reads a class attribute)
+
+
+def application_env(store: StoreSettings) -> dict[str, str]:
+    """The eventsourcing environment for a store URL; nothing is read from os.environ."""
+    env = {
+        # Clause lists are long and repetitive: compress stored event state.
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+    }
+    if store.url.startswith("memory:"):
+        env["PERSISTENCE_MODULE"] = "eventsourcing.popo"
+    elif store.sqlite_path is not None:
+        store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        env.update(PERSISTENCE_MODULE="eventsourcing.sqlite",
+                   SQLITE_DBNAME=str(store.sqlite_path),
+                   SQLITE_LOCK_TIMEOUT=str(int(store.lock_timeout)))
+    elif store.is_postgres:
+        url = urlparse(store.url)
+        env.update(
+            PERSISTENCE_MODULE="eventsourcing.postgres",
+            POSTGRES_DBNAME=url.path.lstrip("/") or "postgres",
+            POSTGRES_HOST=url.hostname or "127.0.0.1",
+            POSTGRES_PORT=str(url.port or 5432),
+            POSTGRES_USER=unquote(url.username or "postgres"),
+            POSTGRES_PASSWORD=unquote(url.password or ""),
+            # The library's default waits forever for a table lock.
+            POSTGRES_LOCK_TIMEOUT=str(max(1, int(store.lock_timeout))),
+            POSTGRES_CONNECT_TIMEOUT="10",
+            POSTGRES_POOL_SIZE="4",
+            POSTGRES_MAX_OVERFLOW="4",
+        )
+        if store.schema:
+            env["POSTGRES_SCHEMA"] = store.schema
+    else:
+        raise StoreError(f"unsupported store URL {store.url!r}")
+    return env
+
+
+def read_database_url(store: StoreSettings, data_dir: Path) -> str:
+    """The read side lives beside the events: views.db next to the SQLite file, or the same
+    PostgreSQL database."""
+    if store.is_postgres:
+        return store.url
+    if store.sqlite_path is not None:
+        return f"sqlite:///{store.sqlite_path.with_name('views.db')}"
+    return f"sqlite:///{data_dir / 'views.db'}"
+
+
+@dataclass
+class Store:
+    """Everything persistent, opened together and closed together."""
+
+    app: ClauseWatchApp
+    db: Database
+    evidence: EvidenceStore
+
+    @property
+    def recorder(self) -> ApplicationRecorder:
+        """The application recorder (notification log)."""
+        recorder = self.app.recorder
+        assert isinstance(recorder, ApplicationRecorder)
+        return recorder
+
+    def read_notifications(self, start: int, limit: int) -> Sequence[Any]:
+        """Up to `limit` stored events from notification id `start` on."""
+        return self.recorder.select_notifications(start=start, limit=limit)
+
+    def max_notification_id(self) -> int:
+        """The id of the newest stored event, 0 when the log is empty."""
+        return int(self.recorder.max_notification_id() or 0)
+
+    def decode(self, notification: Any) -> Any:
+        """A stored event as a domain event."""
+        return self.app.mapper.to_domain_event(notification)
+
+    def close(self) -> None:
+        """Close the application and the read database."""
+        self.app.close()
+        self.db.close()
+
+
+def open_store(store: StoreSettings, data_dir: Path) -> Store:
+    """Open (and create if needed) the event store, read database and evidence store."""
+    try:
+        app = ClauseWatchApp(env=application_env(store))
+    except Exception as exc:  # the library raises many kinds; the operator needs one message
+        raise StoreError(f"cannot open the event store {_redact(store.url)}: {exc}") from None
+    try:
+        db = Database(read_database_url(store, data_dir), schema=store.schema,
+                      lock_timeout=store.lock_timeout)
+    except Exception as exc:
+        app.close()
+        raise StoreError(f"cannot open the read database for {_redact(store.url)}: {exc}") \
+            from None
+    return Store(app=app, db=db, evidence=EvidenceStore(data_dir / "evidence"))
+
+
+def _redact(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url

@@ -108,17 +108,19 @@ class Store:
 
 def open_store(store: StoreSettings, data_dir: Path) -> Store:
     """Open (and create if needed) the event store, read database and evidence store."""
-    try:
-        app = ClauseWatchApp(env=application_env(store))
-    except Exception as exc:  # the library raises many kinds; the operator needs one message
-        raise StoreError(f"cannot open the event store {_redact(store.url)}: {exc}") from None
+    # The read database first: it creates the PostgreSQL schema, which eventsourcing expects
+    # to exist already.
     try:
         db = Database(read_database_url(store, data_dir), schema=store.schema,
                       lock_timeout=store.lock_timeout)
     except Exception as exc:
-        app.close()
         raise StoreError(f"cannot open the read database for {_redact(store.url)}: {exc}") \
             from None
+    try:
+        app = ClauseWatchApp(env=application_env(store))
+    except Exception as exc:  # the library raises many kinds; the operator needs one message
+        db.close()
+        raise StoreError(f"cannot open the event store {_redact(store.url)}: {exc}") from None
     return Store(app=app, db=db, evidence=EvidenceStore(data_dir / "evidence"))
 
 

@@ -287,8 +287,13 @@ class _Walker:
         self.blocks: list[Block] = []
 
     def walk(self, root: Any) -> list[Block]:
-        walker = etree.iterwalk(root, events=("start", "end"))
+        # Comments and processing instructions come as their own events (never as "start"):
+        # they are not text, but the text after them is.
+        walker = etree.iterwalk(root, events=("start", "end", "comment", "pi"))
         for event, element in walker:
+            if event in ("comment", "pi"):
+                self._text(element.tail)
+                continue
             tag = element.tag if isinstance(element.tag, str) else None
             if event == "start":
                 self._apply(element, "start")

@@ -1,26 +1,66 @@
-"""One capture of each document, now: the `check` command and the daemon's worker step."""
+"""One capture of one document: fetch, record, count. Used by `check` and by the workers."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 import aiohttp
 
 from config.settings import DocumentSettings, FetchSettings
-from daemon.fetcher import Fetcher, FetchError
+from daemon.fetcher import Fetcher, FetchError, FetchResult
+from daemon.metrics import Metrics
 from daemon.service import CheckOutcome, ClauseWatch
+from domain.errors import DomainError
+
+log = logging.getLogger("clausewatch.poll")
 
 
-async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings) -> CheckOutcome:
+async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
+               metrics: Metrics | None = None) -> CheckOutcome:
     """Fetch one document and record what came back; a failure is recorded, never raised."""
     etag, last_modified = await asyncio.to_thread(service.validators, doc.id)
     try:
         result = await fetcher.fetch(doc.url, etag=etag, last_modified=last_modified,
                                      robots=doc.robots)
     except FetchError as exc:
-        return await asyncio.to_thread(service.record_failure, doc, exc)
-    return await asyncio.to_thread(service.record_fetch, doc, result)
+        if metrics is not None:
+            metrics.fetches.labels(result=exc.kind).inc()
+            if exc.status is not None:
+                metrics.http_responses.labels(code_class=f"{exc.status // 100}xx").inc()
+        outcome = await asyncio.to_thread(service.record_failure, doc, kind=exc.kind,
+                                          message=exc.message, url=exc.url, status=exc.status)
+    else:
+        if metrics is not None:
+            _count_fetch(metrics, result)
+        try:
+            outcome = await asyncio.to_thread(service.record_fetch, doc, result)
+        except DomainError as exc:
+            # A page we cannot read (unsupported type, unusable selector): a failed capture.
+            outcome = await asyncio.to_thread(service.record_failure, doc, kind="unreadable",
+                                              message=str(exc), url=result.final_url,
+                                              status=result.status)
+    if metrics is not None:
+        metrics.captures.labels(outcome=_outcome_label(outcome.outcome)).inc()
+        for kind in outcome.kinds:
+            metrics.clause_changes.labels(kind=kind).inc()
+        if outcome.append_seconds is not None:
+            metrics.append_duration.observe(outcome.append_seconds)
+    log.info(outcome.describe(), extra={"document": doc.id, "outcome": outcome.outcome})
+    return outcome
+
+
+def _count_fetch(metrics: Metrics, result: FetchResult) -> None:
+    metrics.fetches.labels(result="not_modified" if result.not_modified else "ok").inc()
+    metrics.fetch_duration.observe(result.duration)
+    metrics.response_size.observe(len(result.body))
+    metrics.http_responses.labels(code_class=f"{result.status // 100}xx").inc()
+
+
+def _outcome_label(outcome: str) -> str:
+    # The metric keeps four bounded values: a baseline is a change from nothing.
+    return {"baseline": "changed"}.get(outcome, outcome)
 
 
 def client_session(settings: FetchSettings) -> aiohttp.ClientSession:

@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = command("verify", "re-hash every stored capture")
     p.add_argument("--json", action="store_true")
+    p = command("run", "run the daemon: poll every document on its interval, serve the API")
+    p = command("reload", "ask the running daemon to re-read its config (SIGHUP)")
+    p = sub.add_parser("demo", help="the offline demo: real captures replayed on 127.0.0.1")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where the demo keeps its store (default: a new temporary folder)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="keep the daemon running after the replay")
+    p = sub.add_parser("import-ota", help="print [[documents]] entries for Open Terms Archive "
+                       "declarations")
+    p.add_argument("declarations", type=Path, metavar="DECLARATIONS_DIR")
     p = command("gc", "apply the evidence retention policy")
     p = command("rebuild", "rebuild the read views from the event log")
     cfg = sub.add_parser("config", help="config file tools")
@@ -193,6 +204,52 @@ def _rebuild(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    from daemon import logs
+    from daemon.runtime import run_daemon
+
+    settings = load_settings(args.config)
+    logs.configure(settings.log_format, settings.log_level)
+    return run_daemon(settings)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    settings = load_settings(args.config)
+    pidfile = settings.data_dir / "clausewatch.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError):
+        print(f"clausewatch: no running daemon ({pidfile} is missing); start it with "
+              f"`clausewatch run -c {args.config}`", file=sys.stderr)
+        return EXIT_FAILED
+    except ProcessLookupError:
+        print(f"clausewatch: the daemon of {pidfile} is not running", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"asked clausewatch (pid {pid}) to reload {settings.path}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from daemon import logs
+    from daemon.demo import run_demo
+
+    logs.configure("text", "warning")
+    return asyncio.run(run_demo(interval=args.interval, data_dir=args.data_dir,
+                                keep_running=args.keep_running))
+
+
+def _import_ota(args: argparse.Namespace) -> int:
+    from daemon.ota import read_declarations, to_toml
+
+    entries = list(read_declarations(args.declarations))
+    sys.stdout.write(to_toml(entries))
+    return EXIT_OK
+
+
 def _config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     print(f"{settings.path}: OK")
@@ -217,7 +274,8 @@ def _version() -> str:
 
 _HANDLERS = {
     "check": _check, "documents": _documents, "clauses": _clauses, "changes": _changes,
-    "verify": _verify, "gc": _gc, "rebuild": _rebuild,
+    "verify": _verify, "gc": _gc, "rebuild": _rebuild, "run": _run, "reload": _reload,
+    "demo": _demo, "import-ota": _import_ota,
 }
 
 

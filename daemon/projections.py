@@ -166,13 +166,14 @@ class Views:
                  first_tracked = COALESCE(first_tracked, ?),
                  last_verified = CASE WHEN ? THEN ? ELSE last_verified END,
                  last_updated = COALESCE(?, last_updated),
-                 last_captured = ?, last_success = ?,
+                 last_captured = ?,
+                 last_success = CASE WHEN ? THEN ? ELSE last_success END,
                  captures = captures + 1, changes = changes + ?,
                  consecutive_failures = 0,
                  status = ?, last_error = ?,
                  sha256 = ?
                WHERE id = ?""",
-            (at, good, at, updated, at, at, event.changes,
+            (at, good, at, updated, at, good, at, event.changes,
              "ok" if good else "suspect", None if good else event.reason, event.sha256, slug),
         )
         if event.clauses is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from config.settings import DetectionSettings, DocumentSettings
-from daemon.fetcher import FetchError, FetchResult
+from daemon.fetcher import FetchResult
 from daemon.projections import Views, iso
 from daemon.store import Store
 from domain.document import CaptureFacts, CaptureResult, Document, document_uuid
@@ -46,6 +47,7 @@ class CheckOutcome:
     reason: str | None = None
     sha256: str | None = None
     clauses: int = 0
+    append_seconds: float | None = None
 
     def describe(self) -> str:
         """One line for humans."""
@@ -131,21 +133,24 @@ class ClauseWatch:
                 capture = aggregate.record_capture(
                     facts, extraction, policy=self.policy,
                     threshold=self.detection.similarity_threshold)
+            started = time.perf_counter()
             self.app.save(aggregate)
+            append_seconds = time.perf_counter() - started
         self.views.catch_up()
-        return _outcome(doc.id, capture, sha256, len(aggregate.clauses))
+        return _outcome(doc.id, capture, sha256, len(aggregate.clauses), append_seconds)
 
-    def record_failure(self, doc: DocumentSettings, error: FetchError,
+    def record_failure(self, doc: DocumentSettings, *, kind: str, message: str,
+                       url: str | None = None, status: int | None = None,
                        at: datetime | None = None) -> CheckOutcome:
-        """Record a capture that could not be made."""
+        """Record a capture that could not be made (a fetch error, or a page we cannot read)."""
         with self._lock(doc.id):
             aggregate = self._get(doc.id)
             aggregate.record_failure(captured_at=at or datetime.now(UTC),
-                                     requested_url=error.url, error_kind=error.kind,
-                                     message=error.message, http_status=error.status)
+                                     requested_url=url or doc.url, error_kind=kind,
+                                     message=message, http_status=status)
             self.app.save(aggregate)
         self.views.catch_up()
-        return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=str(error.message))
+        return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=f"{kind}: {message}")
 
     def _get(self, document_id: str) -> Document:
         try:
@@ -284,10 +289,10 @@ class ClauseWatch:
 
 
 def _outcome(document_id: str, capture: CaptureResult, sha256: str | None,
-             clauses: int) -> CheckOutcome:
+             clauses: int, append_seconds: float) -> CheckOutcome:
     return CheckOutcome(document_id=document_id, outcome=capture.outcome,
                         changes=capture.changes, kinds=capture.kinds, reason=capture.reason,
-                        sha256=sha256, clauses=clauses)
+                        sha256=sha256, clauses=clauses, append_seconds=append_seconds)
 
 
 def months_between(first: str | None, last: str | None) -> int:

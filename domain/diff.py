@@ -51,14 +51,22 @@ def word_diff(before: str, after: str) -> tuple[tuple[int, str], ...]:
 
 
 def similarity(before: str, after: str) -> float:
-    """1 minus the word-level edit distance in characters over the longer text's length."""
+    """Twice the characters the two texts share (word-level diff) over their total length.
+
+    Like difflib's ratio: a paragraph split in two keeps a high score for its larger half,
+    and a short line with a new date still reads as the same line.
+    """
     if before == after:
         return 1.0
-    longest = max(len(before), len(after))
-    if not longest:
+    return _ratio(word_diff(before, after), before, after)
+
+
+def _ratio(ops: tuple[tuple[int, str], ...], before: str, after: str) -> float:
+    total = len(before) + len(after)
+    if not total:
         return 1.0
-    distance = _engine().diff_levenshtein(list(word_diff(before, after)))
-    return max(0.0, 1.0 - distance / longest)
+    shared = sum(len(data) for op, data in ops if op == 0)
+    return 2 * shared / total
 
 
 def text_diff(before: str, after: str) -> TextDiff:
@@ -66,9 +74,7 @@ def text_diff(before: str, after: str) -> TextDiff:
     dmp = _engine()
     ops = word_diff(before, after)
     patch = dmp.patch_toText(dmp.patch_make(before, list(ops)))
-    longest = max(len(before), len(after)) or 1
-    score = max(0.0, 1.0 - dmp.diff_levenshtein(list(ops)) / longest)
-    return TextDiff(ops=ops, patch=patch, similarity=round(score, 4))
+    return TextDiff(ops=ops, patch=patch, similarity=round(_ratio(ops, before, after), 4))
 
 
 def apply_patch(before: str, patch: str) -> str:

@@ -47,6 +47,10 @@ SCHEMA = (
         reason TEXT, changes INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS cw_captures_document ON cw_captures (document, seq)",
     "CREATE INDEX IF NOT EXISTS cw_captures_sha ON cw_captures (sha256)",
+    # Bytes the retention policy deleted: not derived from events, so `rebuild` keeps it and
+    # re-marks the captures it covers (those captured before the drop).
+    """CREATE TABLE IF NOT EXISTS cw_evidence_dropped (
+        sha256 TEXT PRIMARY KEY, dropped_at TEXT NOT NULL)""",
 )
 VIEW_TABLES = ("cw_documents", "cw_clauses", "cw_changes", "cw_captures")
 NAME = "views"
@@ -154,11 +158,14 @@ class Views:
         good = event.outcome != "suspect"
         tx.execute(
             """INSERT INTO cw_captures (seq, event_id, document, captured_at, outcome,
-               http_status, sha256, size, text_sha256, final_url, content_type, reason, changes)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               http_status, sha256, size, text_sha256, final_url, content_type, reason, changes,
+               bytes_dropped)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                 CASE WHEN EXISTS (SELECT 1 FROM cw_evidence_dropped
+                                   WHERE sha256 = ? AND dropped_at > ?) THEN 1 ELSE 0 END)""",
             (seq, _event_id(event), slug, at, event.outcome, event.http_status, event.sha256,
              event.size, event.text_sha256, event.final_url, event.content_type, event.reason,
-             event.changes),
+             event.changes, event.sha256, at),
         )
         updated = at if event.outcome in ("baseline", "changed") else None
         tx.execute(

@@ -261,7 +261,8 @@ class ClauseWatch:
         Kept: each document's first capture, every capture that changed the text, and each
         document's latest capture. Every hash stays in the event log and the views.
         """
-        cutoff = iso((now or datetime.now(UTC)) - timedelta(seconds=older_than))
+        now = now or datetime.now(UTC)
+        cutoff = iso(now - timedelta(seconds=older_than))
         keep = {row["sha256"] for row in self.store.db.query(
             """SELECT sha256 FROM cw_captures WHERE outcome IN ('baseline', 'changed')
                UNION SELECT sha256 FROM cw_captures c WHERE seq = (
@@ -281,9 +282,15 @@ class ClauseWatch:
                 (sha256, cutoff))
             if newer:
                 continue
+            # Marked first: a crash in between leaves bytes nobody checks, never a "missing".
+            with self.store.db.transaction() as tx:
+                tx.execute("UPDATE cw_captures SET bytes_dropped = 1 WHERE sha256 = ?",
+                           (sha256,))
+                tx.execute("""INSERT INTO cw_evidence_dropped (sha256, dropped_at)
+                              VALUES (?, ?) ON CONFLICT (sha256)
+                              DO UPDATE SET dropped_at = excluded.dropped_at""",
+                           (sha256, iso(now)))
             self.store.evidence.delete(sha256)
-            self.store.db.execute("UPDATE cw_captures SET bytes_dropped = 1 WHERE sha256 = ?",
-                                  (sha256,))
             dropped += 1
         return dropped
 

@@ -55,7 +55,8 @@ class CheckOutcome:
             noun = "clause change" if self.changes == 1 else "clause changes"
             return f"{self.changes} {noun}"
         if self.outcome == "baseline":
-            return f"baseline recorded ({self.clauses} clauses)"
+            noun = "clause" if self.clauses == 1 else "clauses"
+            return f"baseline recorded ({self.clauses} {noun})"
         if self.outcome in ("suspect", FAILED):
             return f"{self.outcome}: {self.reason}"
         return self.outcome

@@ -67,6 +67,8 @@ class SchedulerSettings:
     jitter: float = 60.0
     workers: int = 4
     drain_timeout: float = 30.0
+    # PostgreSQL replicas: how long a claimed poll stays claimed if its replica dies.
+    lease: float = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -456,7 +458,7 @@ class _Parser:
 
     def scheduler(self, data: object) -> SchedulerSettings:
         t = self.table(data, "scheduler", {"default_interval", "jitter", "workers",
-                                           "drain_timeout"})
+                                           "drain_timeout", "lease"})
         interval = self.duration(t, "default_interval", "scheduler", 6 * 3600)
         if interval <= 0:
             raise self.error("scheduler.default_interval", "must be positive", 'write "6h"')
@@ -465,6 +467,7 @@ class _Parser:
             jitter=self.duration(t, "jitter", "scheduler", 60.0),
             workers=self.number(t, "workers", "scheduler", 4, minimum=1, integer=True),
             drain_timeout=self.duration(t, "drain_timeout", "scheduler", 30.0),
+            lease=self.duration(t, "lease", "scheduler", 300.0),
         )
 
     def fetch(self, data: object) -> FetchSettings:

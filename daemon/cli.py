@@ -14,7 +14,9 @@ from typing import Any, Iterator
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
 from daemon.service import ClauseWatch, UnknownDocumentError
-from daemon.store import StoreError, open_store
+from daemon.bootstrap import migrate_store, open_service
+from daemon.schema import SchemaError
+from daemon.store import StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -60,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("declarations", type=Path, metavar="DECLARATIONS_DIR")
     p = command("gc", "apply the evidence retention policy")
     p = command("rebuild", "rebuild the read views from the event log")
+    st = sub.add_parser("store", help="event store schema: init, migrate, status")
+    st_sub = st.add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
+    for name, text in (("init", "create the schema (safe to run from several replicas)"),
+                       ("migrate", "apply pending schema migrations"),
+                       ("status", "print the schema version and the event count")):
+        p = st_sub.add_parser(name, help=text)
+        p.add_argument("-c", "--config", default="clausewatch.toml", type=Path)
     cfg = sub.add_parser("config", help="config file tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     p = cfg_sub.add_parser("check", help="validate a config file and explain it")
@@ -73,13 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _HANDLERS.get(args.command)
     if args.command == "config":
         handler = _config_check
+    if args.command == "store":
+        handler = _store
     assert handler is not None
     try:
         return handler(args)
     except ConfigError as exc:
         print(f"clausewatch: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except StoreError as exc:
+    except (StoreError, SchemaError) as exc:
         print(f"clausewatch: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except UnknownDocumentError as exc:
@@ -95,11 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextmanager
 def _service(settings: Settings) -> Iterator[ClauseWatch]:
-    store = open_store(settings.store, settings.data_dir)
+    service = open_service(settings)
     try:
-        yield ClauseWatch(store, detection=settings.detection)
+        yield service
     finally:
-        store.close()
+        service.store.close()
 
 
 def _print_json(rows: Any) -> None:
@@ -247,6 +258,23 @@ def _import_ota(args: argparse.Namespace) -> int:
 
     entries = list(read_declarations(args.declarations))
     sys.stdout.write(to_toml(entries))
+    return EXIT_OK
+
+
+def _store(args: argparse.Namespace) -> int:
+    from daemon import schema
+
+    settings = load_settings(args.config)
+    if args.store_command == "migrate":
+        applied = migrate_store(settings)
+        print(f"applied migrations: {applied}" if applied else
+              f"the schema is up to date (version {schema.CURRENT_VERSION})")
+        return EXIT_OK
+    with _service(settings) as service:
+        version = schema.version(service.store.db)
+        events = service.store.max_notification_id()
+    print(f"schema version {version} (this clausewatch: {schema.CURRENT_VERSION}); "
+          f"{events} events; store {settings.store.url.split('@')[-1]}")
     return EXIT_OK
 
 

@@ -80,6 +80,8 @@ class Views:
         self._lock = threading.Lock()
         self._slugs: dict[Any, str] = {}
         db.executescript(SCHEMA)
+        db.execute("INSERT INTO cw_positions (name, position) VALUES (?, 0) "
+                   "ON CONFLICT (name) DO NOTHING", (NAME,))
 
     def position(self, name: str = NAME) -> int:
         """The last notification id this consumer has processed."""
@@ -96,9 +98,11 @@ class Views:
                 if not notifications:
                     return done
                 with self.db.transaction() as tx:
-                    # Another process may have moved the position since we read it.
-                    current = int(tx.scalar("SELECT position FROM cw_positions WHERE name = ?",
-                                            (NAME,)) or 0)
+                    # Another replica may have moved the position since we read it; on
+                    # PostgreSQL the row lock makes a second consumer wait, then skip.
+                    lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
+                    current = int(tx.scalar("SELECT position FROM cw_positions WHERE name = ?"
+                                            + lock, (NAME,)) or 0)
                     fresh = [n for n in notifications if n.id > current]
                     for notification in fresh:
                         self._apply(tx, notification.id, self.decode(notification))
@@ -111,7 +115,7 @@ class Views:
         with self._lock, self.db.transaction() as tx:
             for table in VIEW_TABLES:
                 tx.execute(f"DELETE FROM {table}")
-            tx.execute("DELETE FROM cw_positions WHERE name = ?", (NAME,))
+            tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
         return self.catch_up()
 
     # Event handlers --------------------------------------------------------------------

@@ -17,17 +17,19 @@ from aiohttp import web
 from config.errors import ConfigError
 from config.settings import DocumentSettings, Settings, load_settings
 from daemon.check import client_session, poll
+from daemon.coordination import Leadership, PollClaims, SharedClock
 from daemon.fetcher import Fetcher
 from daemon.metrics import Metrics
 from daemon.scheduler import PollQueue, PollScheduler
 from daemon.service import CheckOutcome, ClauseWatch
-from daemon.store import open_store
+from daemon.sql import Database
+from daemon.bootstrap import open_service
 from daemon.systemd import SystemdNotifier
 
 log = logging.getLogger("clausewatch.daemon")
 
 OutcomeHook = Callable[[DocumentSettings, CheckOutcome], Awaitable[None] | None]
-MAINTENANCE_INTERVAL = 2.0
+MAINTENANCE_INTERVAL = 1.0
 RETENTION_INTERVAL = 3600.0
 
 
@@ -49,13 +51,15 @@ class Daemon:
         self.version = version
         self.systemd = SystemdNotifier(self.environ)
         self.queue = PollQueue()
-        self.scheduler = PollScheduler(self.queue, jitter=settings.scheduler.jitter,
-                                       spread_first=spread_first)
+        self.scheduler: PollScheduler | SharedClock = PollScheduler(
+            self.queue, jitter=settings.scheduler.jitter, spread_first=spread_first)
         self.stop_event = asyncio.Event()
         self.reload_event = asyncio.Event()
         self.ready_event = asyncio.Event()
         self.busy = 0
         self.service: ClauseWatch | None = None
+        self.leadership: Leadership | None = None
+        self.shared = False
         self.fetcher: Fetcher | None = None
         self.api_port: int | None = None
         self.replica = settings.replica_id or self.environ.get("CLAUSEWATCH_REPLICA_ID") or \
@@ -78,11 +82,11 @@ class Daemon:
         """Run until stopped; 0 after a clean stop, 1 if an internal loop crashed."""
         token = self._api_token()
         async with AsyncExitStack() as stack:
-            store = await asyncio.to_thread(open_store, self.settings.store,
-                                            self.settings.data_dir)
-            stack.push_async_callback(asyncio.to_thread, store.close)
-            self.service = service = ClauseWatch(store, detection=self.settings.detection)
+            self.service = service = await asyncio.to_thread(open_service, self.settings)
+            stack.push_async_callback(asyncio.to_thread, service.store.close)
             await asyncio.to_thread(service.sync_documents, self.settings.documents)
+            if self.settings.store.is_postgres:
+                await self._join_replicas(stack)
             session = await stack.enter_async_context(client_session(self.settings.fetch))
             self.fetcher = Fetcher(session, self.settings.fetch,
                                    on_retry=lambda what: self.metrics.retries.labels(
@@ -124,8 +128,9 @@ class Daemon:
                 self.scheduler.shutdown()
                 dropped = self.queue.drop_waiting()
                 if dropped:
-                    log.info("dropped %d queued polls (they run after the restart)",
-                             len(dropped))
+                    await asyncio.to_thread(self.scheduler.abandon, dropped)
+                    log.info("dropped %d queued polls (they run after the restart, or on "
+                             "another replica)", len(dropped))
                 try:
                     await asyncio.wait_for(self._idle.wait(),
                                            self.settings.scheduler.drain_timeout)
@@ -170,6 +175,13 @@ class Daemon:
                 log.exception("poll failed unexpectedly", extra={"document": document_id})
                 self.metrics.captures.labels(outcome="failed").inc()
             finally:
+                if self.shared:
+                    try:
+                        await asyncio.to_thread(self.scheduler.finished, document_id)
+                    except Exception:
+                        # The lease expires and another replica (or we) polls it again.
+                        log.exception("could not release the claim",
+                                      extra={"document": document_id})
                 self.busy -= 1
                 self.metrics.workers_busy.set(self.busy)
                 if self.busy == 0:
@@ -181,9 +193,11 @@ class Daemon:
         last_retention = time.monotonic()
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
-            await asyncio.to_thread(self.service.views.catch_up)
+            if await asyncio.to_thread(self._leads, "views"):
+                await asyncio.to_thread(self.service.views.catch_up)
             await asyncio.to_thread(self._refresh_gauges)
-            if time.monotonic() - last_retention > RETENTION_INTERVAL:
+            if time.monotonic() - last_retention > RETENTION_INTERVAL and \
+                    await asyncio.to_thread(self._leads, "retention"):
                 last_retention = time.monotonic()
                 dropped = await asyncio.to_thread(
                     self.service.apply_retention, older_than=self.settings.evidence.retention)
@@ -265,6 +279,39 @@ class Daemon:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.api_port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+
+    async def _join_replicas(self, stack: AsyncExitStack) -> None:
+        """On PostgreSQL, replicas share the schedule and elect leaders for single-leader work."""
+        store = self.settings.store
+        claims_db = await asyncio.to_thread(Database, store.url, schema=store.schema,
+                                            lock_timeout=store.lock_timeout)
+        stack.push_async_callback(asyncio.to_thread, claims_db.close)
+        claims = await asyncio.to_thread(PollClaims, claims_db, self.replica,
+                                         lease=self.settings.scheduler.lease)
+        self.scheduler = SharedClock(self.queue, claims, capacity=self._capacity,
+                                     spread_first=self.spread_first)
+        self.leadership = await asyncio.to_thread(Leadership, store.url, self.replica,
+                                                  schema=store.schema)
+        stack.push_async_callback(asyncio.to_thread, self.leadership.close)
+        self.shared = True
+        # The views leader projects in batches every second; workers only append events.
+        assert self.service is not None
+        self.service.catch_up_after_save = False
+
+    def _capacity(self) -> int:
+        return self.settings.scheduler.workers - self.busy - self.queue.depth
+
+    def _leads(self, role: str) -> bool:
+        """True if this process should do a single-leader job now (always, without replicas)."""
+        if self.leadership is None:
+            return True
+        try:
+            held = self.leadership.try_acquire(role)
+        except Exception as exc:
+            log.warning("cannot reach PostgreSQL for the %s role: %s", role, exc)
+            held = False
+        self.metrics.leader.labels(role=role).set(1 if held else 0)
+        return held
 
     async def readiness(self) -> tuple[bool, str]:
         """Ready when the store answers and the scheduler runs."""

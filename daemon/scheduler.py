@@ -131,5 +131,12 @@ class PollScheduler:
         return added, removed, retimed
 
 
+    def finished(self, document_id: str) -> None:
+        """A poll is done (the shared clock releases its claim here; nothing to do locally)."""
+
+    def abandon(self, document_ids: list[str]) -> None:
+        """Queued polls dropped at shutdown (locally they simply run after the restart)."""
+
+
 def _job_id(document_id: str) -> str:
     return f"poll:{document_id}"

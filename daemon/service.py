@@ -74,6 +74,9 @@ class ClauseWatch:
         self.views = Views(store.db, read=store.read_notifications, decode=store.decode)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._loaded: dict[str, Document] = {}
+        # With replicas, the leader's loop projects in batches instead of every poll.
+        self.catch_up_after_save = True
 
     # Writes ------------------------------------------------------------------------------
 
@@ -97,11 +100,17 @@ class ClauseWatch:
         return registered
 
     def validators(self, document_id: str) -> tuple[str | None, str | None]:
-        """The ETag and Last-Modified to send with the next conditional GET."""
+        """The ETag and Last-Modified to send with the next conditional GET.
+
+        The aggregate loaded here is kept for the record_* call that ends the same poll, so a
+        poll loads its document once.
+        """
         try:
-            aggregate = self.app.repository.get(document_uuid(document_id))
-        except AggregateNotFoundError:
+            aggregate = self._get(document_id)
+        except UnknownDocumentError:
             return None, None
+        with self._locks_guard:
+            self._loaded[document_id] = aggregate
         # Only validators of a good capture: a 304 must never confirm a broken page.
         if aggregate.last_outcome == "suspect":
             return None, None
@@ -110,7 +119,7 @@ class ClauseWatch:
     def record_fetch(self, doc: DocumentSettings, result: FetchResult) -> CheckOutcome:
         """Store the evidence, extract, compare with the last good version and save the events."""
         with self._lock(doc.id):
-            aggregate = self._get(doc.id)
+            aggregate = self._take(doc.id)
             if result.not_modified:
                 if aggregate.last_sha256 is None:
                     raise DomainError(f"{doc.id}: a 304 answered a request without validators")
@@ -137,7 +146,8 @@ class ClauseWatch:
             started = time.perf_counter()
             self.app.save(aggregate)
             append_seconds = time.perf_counter() - started
-        self.views.catch_up()
+        if self.catch_up_after_save:
+            self.views.catch_up()
         return _outcome(doc.id, capture, sha256, len(aggregate.clauses), append_seconds)
 
     def record_failure(self, doc: DocumentSettings, *, kind: str, message: str,
@@ -145,13 +155,20 @@ class ClauseWatch:
                        at: datetime | None = None) -> CheckOutcome:
         """Record a capture that could not be made (a fetch error, or a page we cannot read)."""
         with self._lock(doc.id):
-            aggregate = self._get(doc.id)
+            aggregate = self._take(doc.id)
             aggregate.record_failure(captured_at=at or datetime.now(UTC),
                                      requested_url=url or doc.url, error_kind=kind,
                                      message=message, http_status=status)
             self.app.save(aggregate)
-        self.views.catch_up()
+        if self.catch_up_after_save:
+            self.views.catch_up()
         return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=f"{kind}: {message}")
+
+    def _take(self, document_id: str) -> Document:
+        """The aggregate validators() loaded for this poll, or a fresh load."""
+        with self._locks_guard:
+            aggregate = self._loaded.pop(document_id, None)
+        return aggregate if aggregate is not None else self._get(document_id)
 
     def _get(self, document_id: str) -> Document:
         try:

@@ -37,6 +37,10 @@ class Database:
             self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row,
                                          connect_timeout=10)
             self._conn.execute(f"SET lock_timeout = '{int(lock_timeout * 1000)}ms'")
+            # Everything here is derived from the event log together with its position, in
+            # one transaction: a crash may lose the last commits, never half of one, and they
+            # are derived again. So the read side need not wait for each WAL flush.
+            self._conn.execute("SET synchronous_commit = off")
             if schema:
                 self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                 self._conn.execute(f'SET search_path TO "{schema}"')

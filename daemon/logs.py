@@ -52,3 +52,21 @@ def configure(format_: str = "text", level: str = "info") -> None:
     # Third-party chatter stays at warning unless debugging.
     for noisy in ("apscheduler", "aiohttp.access", "eventsourcing"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+class _ReplicaFilter(logging.Filter):
+    def __init__(self, replica: str) -> None:
+        super().__init__()
+        self.replica = replica
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "replica", None) is None:
+            record.replica = self.replica
+        return True
+
+
+def tag_replica(replica: str) -> None:
+    """Name the replica on every log line (several replicas share one PostgreSQL)."""
+    for handler in logging.getLogger().handlers:
+        handler.filters = [f for f in handler.filters if not isinstance(f, _ReplicaFilter)]
+        handler.addFilter(_ReplicaFilter(replica))

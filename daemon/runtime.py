@@ -16,6 +16,7 @@ from aiohttp import web
 
 from config.errors import ConfigError
 from config.settings import DocumentSettings, Settings, load_settings
+from daemon import logs
 from daemon.check import client_session, poll
 from daemon.coordination import Leadership, PollClaims, SharedClock
 from daemon.fetcher import Fetcher
@@ -81,6 +82,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 if an internal loop crashed."""
         token = self._api_token()
+        logs.tag_replica(self.replica)
         async with AsyncExitStack() as stack:
             self.service = service = await asyncio.to_thread(open_service, self.settings)
             stack.push_async_callback(asyncio.to_thread, service.store.close)

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("status", "print the schema version and the event count")):
         p = st_sub.add_parser(name, help=text)
         p.add_argument("-c", "--config", default="clausewatch.toml", type=Path)
+    nt = sub.add_parser("notify", help="notification tools")
+    nt_sub = nt.add_subparsers(dest="notify_command", required=True, metavar="SUBCOMMAND")
+    p = nt_sub.add_parser("test", help="send a sample notice through each channel of a "
+                          "subscription")
+    p.add_argument("subscription", metavar="SUBSCRIPTION")
+    p.add_argument("-c", "--config", default="clausewatch.toml", type=Path)
     cfg = sub.add_parser("config", help="config file tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     p = cfg_sub.add_parser("check", help="validate a config file and explain it")
@@ -84,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _config_check
     if args.command == "store":
         handler = _store
+    if args.command == "notify":
+        handler = _notify_test
     assert handler is not None
     try:
         return handler(args)
@@ -289,6 +297,22 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"  channels: {len(settings.channels)}; subscriptions: {len(settings.subscriptions)}")
     print(f"  http: {settings.http.listen}")
     return EXIT_OK
+
+
+def _notify_test(args: argparse.Namespace) -> int:
+    import os
+
+    from daemon.notifications import UnknownSubscriptionError, send_test_notices
+
+    settings = load_settings(args.config)
+    try:
+        results = asyncio.run(send_test_notices(settings, args.subscription, os.environ))
+    except UnknownSubscriptionError as exc:
+        print(f"clausewatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for r in results:
+        print(f"{r.channel}: sent" if r.ok else f"{r.channel}: FAILED: {r.error}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
 def _version() -> str:

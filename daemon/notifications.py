@@ -140,9 +140,12 @@ def sample_notice(subscription_id: str, now: datetime) -> Notice:
 
 async def send_test_notices(settings: Settings, subscription_id: str,
                             environ: Mapping[str, str],
-                            session: aiohttp.ClientSession) -> list[TestResult]:
+                            session: aiohttp.ClientSession | None = None) -> list[TestResult]:
     """Send a sample notice through each channel of a subscription, all at once."""
     subscription = _subscription(settings, subscription_id)
+    if session is None:
+        async with aiohttp.ClientSession(trust_env=False) as own:
+            return await send_test_notices(settings, subscription_id, environ, own)
     by_id = {c.id: c for c in settings.channels}
     notice = sample_notice(subscription.id, datetime.now(UTC))
 

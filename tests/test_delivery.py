@@ -6,6 +6,7 @@ Retry timing comes from a RetryPolicy with tiny delays, never from sleeping for 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import threading
@@ -25,6 +26,7 @@ from aiosmtpd.controller import Controller
 from helpers.notify_kit import (
     ENVIRON,
     HANG,
+    SECRET_ENV,
     Capturer,
     HookReceiver,
     Reply,
@@ -298,3 +300,68 @@ def test_replicas_claim_disjoint_rows_and_take_over_expired_leases(
         assert nb.worker.claim(10) == []
         time.sleep(0.6)
         assert {c.id for c in nb.worker.claim(10)} == set(claims["a"]) | set(claims["b"])
+
+
+def test_notify_test_command_sends_a_sample_through_each_channel(
+        tmp_path: Path, receiver: HookReceiver) -> None:
+    import subprocess
+    import sys
+
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    receiver.script("/broken", then=Reply(status=404))
+    config = tmp_path / "clausewatch.toml"
+    config.write_text(f"""
+[store]
+url = "sqlite:///{tmp_path / 'events.db'}"
+
+[[channels]]
+id = "hook"
+type = "webhook"
+url = "{receiver.endpoint('/hook')}"
+secret_env = "{SECRET_ENV}"
+
+[[channels]]
+id = "mail"
+type = "email"
+host = "127.0.0.1"
+port = {controller.port}
+tls = "none"
+from = "cw@example.org"
+to = ["legal@example.org"]
+
+[[channels]]
+id = "broken"
+type = "webhook"
+url = "{receiver.endpoint('/broken')}"
+secret_env = "{SECRET_ENV}"
+
+[[subscriptions]]
+id = "legal"
+channels = ["hook", "mail"]
+
+[[subscriptions]]
+id = "ops"
+channels = ["broken"]
+""")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "daemon.cli", *args, "-c", str(config)],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **ENVIRON})
+
+    try:
+        ok = cli("notify", "test", "legal")
+        assert ok.returncode == 0, ok.stderr
+        assert sorted(ok.stdout.split("\n")[:2]) == ["hook: sent", "mail: sent"]
+        [hit] = receiver.delivered("/hook")
+        assert hit.payload["type"].endswith("test")
+        assert len(mailbox.messages) == 1
+        broken = cli("notify", "test", "ops")
+        assert broken.returncode == 1
+        assert "broken: FAILED" in broken.stdout and "404" in broken.stdout
+        unknown = cli("notify", "test", "nobody")
+        assert unknown.returncode == 2 and "legal, ops" in unknown.stderr
+    finally:
+        controller.stop()

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from daemon.metrics import Metrics
 from daemon.outbox import decode_documents, epoch, from_epoch
@@ -85,6 +84,7 @@ class DeliveryWorker:
         self.concurrency = concurrency
         self.per_channel = per_channel
         self.in_flight: Counter[str] = Counter()
+        self._results: asyncio.Queue[_Result] | None = None
 
     def configure(self, *, channels: Mapping[str, Channel], fingerprints: Mapping[str, str],
                   timeouts: Mapping[str, float]) -> None:
@@ -109,6 +109,7 @@ class DeliveryWorker:
         due = ("status = 'pending' AND next_attempt_at <= ? "
                "AND (lease_until IS NULL OR lease_until < ?)")
         taken: list[str] = []
+        effects: list[Callable[[], None]] = []
         with self.db.transaction() as tx:
             lock = " FOR UPDATE SKIP LOCKED" if tx.db.dialect == "postgres" else ""
             # Channels with due work, the longest-waiting first; then each channel's oldest
@@ -127,7 +128,7 @@ class DeliveryWorker:
                 if reason is not None:
                     for row in tx.query(f"SELECT id FROM cw_deliveries WHERE channel = ? "
                                         f"AND {due}{lock}", (channel, now, now)):
-                        self._bury(tx, row["id"], channel, reason, None, now)
+                        self._bury(tx, row["id"], channel, reason, None, effects)
                     continue
                 room = min(self.per_channel - busy.get(channel, 0), limit - len(taken))
                 if room <= 0:
@@ -138,6 +139,7 @@ class DeliveryWorker:
                 if len(taken) >= limit:
                     break
             if not taken:
+                _apply(effects)
                 return []
             marks = ", ".join("?" for _ in taken)
             tx.execute(f"UPDATE cw_deliveries SET lease_owner = ?, lease_until = ? "
@@ -148,6 +150,7 @@ class DeliveryWorker:
                     n.window_start, n.window_end, n.documents
                     FROM cw_deliveries d JOIN cw_notices n ON n.id = d.notice
                     WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id""", taken)
+        _apply(effects)
         return [Claimed(**row) for row in found]
 
     def _disabled(self, tx: Transaction, channels: set[str]) -> dict[str, str]:
@@ -167,15 +170,17 @@ class DeliveryWorker:
         return result
 
     def _bury(self, tx: Transaction, delivery: str, channel: str, reason: str,
-              status: int | None, now: float) -> None:
+              status: int | None, effects: list[Callable[[], None]]) -> None:
         changed = tx.execute(
             """UPDATE cw_deliveries SET status = 'dead', last_error = ?, last_status = ?,
                lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = 'pending'""",
             (reason, status, delivery))
         if changed:
-            self.metrics.deliveries.labels(channel=channel, result=DEAD).inc()
-            log.warning("delivery %s to channel %s is a dead letter: %s", delivery, channel,
-                        reason)
+            def count() -> None:
+                self.metrics.deliveries.labels(channel=channel, result=DEAD).inc()
+                log.warning("delivery %s to channel %s is a dead letter: %s", delivery,
+                            channel, reason)
+            effects.append(count)
 
     def release(self) -> int:
         """Give back this worker's leases (on shutdown), so the rows are due again at once."""
@@ -195,9 +200,12 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event, wake: asyncio.Event, *, poll: float = 0.2,
                   drain: float = 10.0) -> None:
         """Claim and send until `stop` is set; then let sends finish for up to `drain` s."""
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Task[str]] = set()
+        results: asyncio.Queue[_Result] = asyncio.Queue()
         try:
             async with asyncio.TaskGroup() as group:
+                recorder = group.create_task(self._recorder(results), name="deliver-record")
+                self._results = results
                 while not stop.is_set():
                     wake.clear()
                     room = self.concurrency - len(tasks)
@@ -216,20 +224,44 @@ class DeliveryWorker:
                     await asyncio.wait(tasks, timeout=drain)
                     for task in list(tasks):
                         task.cancel()
+                # Results already handed over are written before the recorder stops.
+                await asyncio.wait_for(results.join(), timeout=max(drain, 1.0))
+                recorder.cancel()
         finally:
+            self._results = None
             await asyncio.to_thread(self.release)
+
+    async def _recorder(self, results: asyncio.Queue[_Result]) -> None:
+        """Write finished attempts in batches: one transaction for all that are waiting."""
+        while True:
+            batch = [await results.get()]
+            while not results.empty():
+                batch.append(results.get_nowait())
+            try:
+                outcomes = await asyncio.to_thread(
+                    self.record_many, [(r.item, r.error) for r in batch])
+            except Exception:
+                # The leases run out and the deliveries are tried again: nothing is lost.
+                log.exception("could not record the results of %d deliveries", len(batch))
+                outcomes = ["unrecorded"] * len(batch)
+            for result, outcome in zip(batch, outcomes, strict=True):
+                if not result.future.done():
+                    result.future.set_result(outcome)
+                results.task_done()
 
     async def deliver(self, item: Claimed, wake: asyncio.Event | None = None) -> str:
         """Send one claimed delivery and record what happened; never raises an Exception."""
         try:
             error = await self._send(item)
+            if self._results is not None:
+                future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+                self._results.put_nowait(_Result(item=item, error=error, future=future))
+                return await asyncio.shield(future)
             try:
-                result = await asyncio.to_thread(self.record, item, error)
+                return await asyncio.to_thread(self.record, item, error)
             except Exception:
-                # The lease runs out and the delivery is tried again: nothing is lost.
                 log.exception("could not record the result of delivery %s", item.id)
-                result = "unrecorded"
-            return result
+                return "unrecorded"
         finally:
             self.in_flight[item.channel] -= 1
             if self.in_flight[item.channel] <= 0:
@@ -263,52 +295,86 @@ class DeliveryWorker:
 
     def record(self, item: Claimed, error: DeliveryError | None) -> str:
         """Store the outcome of one attempt; returns delivered, retry or dead."""
+        return self.record_many([(item, error)])[0]
+
+    def record_many(self, attempts: Sequence[tuple[Claimed, DeliveryError | None]]) -> list[str]:
+        """Store the outcomes of several attempts in one transaction."""
         now = self._now()
+        effects: list[Callable[[], None]] = []
         with self.db.transaction() as tx:
-            if error is None:
-                tx.execute(
-                    """UPDATE cw_deliveries SET status = 'delivered', delivered_at = ?,
-                       attempts = attempts + 1, last_attempt_at = ?, last_error = NULL,
-                       last_status = NULL, lease_owner = NULL, lease_until = NULL
-                       WHERE id = ? AND status = 'pending'""", (now, now, item.id))
-                self.metrics.deliveries.labels(channel=item.channel, result=DELIVERED).inc()
-                if item.captured_at is not None and item.kind == "alert":
-                    self.metrics.delivery_latency.labels(channel=item.channel).observe(
-                        max(0.0, now - item.captured_at))
-                return DELIVERED
-            attempts = item.attempts + 1
-            tx.execute("UPDATE cw_deliveries SET attempts = ?, last_attempt_at = ? "
-                       "WHERE id = ? AND status = 'pending'", (attempts, now, item.id))
-            if isinstance(error, ChannelGoneError):
-                tx.execute(
-                    """INSERT INTO cw_channel_state (channel, status, reason, fingerprint, since)
-                       VALUES (?, 'gone', ?, ?, ?) ON CONFLICT (channel) DO UPDATE SET
-                       status = excluded.status, reason = excluded.reason,
-                       fingerprint = excluded.fingerprint, since = excluded.since""",
-                    (item.channel, error.reason, self.fingerprints.get(item.channel, ""), now))
-                log.error("channel %s disabled: %s", item.channel, error)
-            if not isinstance(error, TransientDeliveryError):
-                self._bury(tx, item.id, item.channel, str(error), error.status, now)
-                return DEAD
-            started = from_epoch(item.budget_start)
-            assert started is not None
-            if self.policy.should_give_up(started, from_epoch(now) or started):
-                budget = self.policy.give_up_after.total_seconds()
-                self._bury(tx, item.id, item.channel,
-                           f"gave up after {attempts} attempts in {budget:g}s: {error}",
-                           error.status, now)
-                return DEAD
-            delay = self.policy.next_delay(attempts, error.retry_after)
+            outcomes = [self._record(tx, item, error, now, effects) for item, error in attempts]
+        _apply(effects)
+        return outcomes
+
+    def _record(self, tx: Transaction, item: Claimed, error: DeliveryError | None, now: float,
+                effects: list[Callable[[], None]]) -> str:
+        channel = item.channel
+        if error is None:
+            done = tx.execute(
+                """UPDATE cw_deliveries SET status = 'delivered', delivered_at = ?,
+                   attempts = attempts + 1, last_attempt_at = ?, last_error = NULL,
+                   last_status = NULL, lease_owner = NULL, lease_until = NULL
+                   WHERE id = ? AND status = 'pending'""", (now, now, item.id))
+            if done:
+                effects.append(lambda: self._count_delivered(item, now))
+            return DELIVERED
+        attempts = item.attempts + 1
+        tx.execute("UPDATE cw_deliveries SET attempts = ?, last_attempt_at = ? "
+                   "WHERE id = ? AND status = 'pending'", (attempts, now, item.id))
+        if isinstance(error, ChannelGoneError):
             tx.execute(
-                """UPDATE cw_deliveries SET next_attempt_at = ?, last_error = ?,
-                   last_status = ?, lease_owner = NULL, lease_until = NULL
-                   WHERE id = ? AND status = 'pending'""",
-                (now + delay, str(error), error.status, item.id))
-        self.metrics.deliveries.labels(channel=item.channel, result="retry").inc()
-        self.metrics.retries.labels(what="delivery").inc()
-        log.info("delivery %s to channel %s: retry in %.2fs: %s", item.id, item.channel, delay,
-                 error)
+                """INSERT INTO cw_channel_state (channel, status, reason, fingerprint, since)
+                   VALUES (?, 'gone', ?, ?, ?) ON CONFLICT (channel) DO UPDATE SET
+                   status = excluded.status, reason = excluded.reason,
+                   fingerprint = excluded.fingerprint, since = excluded.since""",
+                (channel, error.reason, self.fingerprints.get(channel, ""), now))
+            effects.append(lambda: log.error("channel %s disabled: %s", channel, error))
+        if not isinstance(error, TransientDeliveryError):
+            self._bury(tx, item.id, channel, str(error), error.status, effects)
+            return DEAD
+        started = from_epoch(item.budget_start)
+        assert started is not None
+        if self.policy.should_give_up(started, from_epoch(now) or started):
+            budget = self.policy.give_up_after.total_seconds()
+            self._bury(tx, item.id, channel,
+                       f"gave up after {attempts} attempts in {budget:g}s: {error}",
+                       error.status, effects)
+            return DEAD
+        delay = self.policy.next_delay(attempts, error.retry_after)
+        tx.execute(
+            """UPDATE cw_deliveries SET next_attempt_at = ?, last_error = ?,
+               last_status = ?, lease_owner = NULL, lease_until = NULL
+               WHERE id = ? AND status = 'pending'""",
+            (now + delay, str(error), error.status, item.id))
+
+        def count_retry() -> None:
+            self.metrics.deliveries.labels(channel=channel, result="retry").inc()
+            self.metrics.retries.labels(what="delivery").inc()
+            log.info("delivery %s to channel %s: retry in %.2fs: %s", item.id, channel, delay,
+                     error)
+        effects.append(count_retry)
         return "retry"
+
+    def _count_delivered(self, item: Claimed, now: float) -> None:
+        self.metrics.deliveries.labels(channel=item.channel, result=DELIVERED).inc()
+        if item.captured_at is not None and item.kind == "alert":
+            self.metrics.delivery_latency.labels(channel=item.channel).observe(
+                max(0.0, now - item.captured_at))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Result:
+    """A finished attempt waiting for the recorder."""
+
+    item: Claimed
+    error: DeliveryError | None
+    future: asyncio.Future[str]
+
+
+def _apply(effects: list[Callable[[], None]]) -> None:
+    """Run what a committed transaction promised: metric updates and log lines."""
+    for effect in effects:
+        effect()
 
 
 async def _wait(wake: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:

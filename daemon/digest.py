@@ -27,7 +27,7 @@ def window_end(subscription: SubscriptionSettings, now: datetime) -> datetime:
     zone = ZoneInfo(subscription.timezone)
     hour, minute = (int(part) for part in subscription.time.split(":"))
     local_day = now.astimezone(zone).date()
-    for back in range(0, 9):
+    for back in range(9):
         day = local_day - timedelta(days=back)
         if subscription.mode == "weekly" and day.weekday() != WEEKDAYS.index(subscription.day):
             continue

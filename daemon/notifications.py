@@ -30,7 +30,7 @@ from daemon.metrics import Metrics
 from daemon.outbox import Classifier, Outbox, epoch, from_epoch
 from daemon.store import Store
 from notifiers.base import Channel
-from notifiers.email import EmailChannel
+from notifiers.email import EmailChannel, TlsMode
 from notifiers.errors import DeliveryError
 from notifiers.notice import ClauseNotice, DocumentNotice, Notice
 from notifiers.retry import RetryPolicy
@@ -108,9 +108,10 @@ def build_channel(settings: Settings, channel: ChannelSettings, environ: Mapping
                                 timeout=channel.timeout)
         assert channel.host is not None and channel.sender is not None
         password = secret(channel.password_env, "password_env")
+        tls: TlsMode = channel.tls  # type: ignore[assignment]  # validated by the config
         return EmailChannel(id=channel.id, host=channel.host,
                             port=channel.port or _SMTP_PORTS[channel.tls], sender=channel.sender,
-                            recipients=channel.recipients, tls=channel.tls,  # type: ignore[arg-type]
+                            recipients=channel.recipients, tls=tls,
                             username=channel.username if password is not None else None,
                             password=password, timeout=channel.timeout)
     except ValueError as exc:
@@ -158,7 +159,7 @@ async def send_test_notices(settings: Settings, subscription_id: str,
             return TestResult(channel=channel_id, ok=False, error=str(exc))
         except TimeoutError:
             return TestResult(channel=channel_id, ok=False, error="no answer in time")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  # a test reports every failure, per channel
             return TestResult(channel=channel_id, ok=False,
                               error=f"unexpected {type(exc).__name__}: {exc}")
         return TestResult(channel=channel_id, ok=True)

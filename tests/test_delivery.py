@@ -348,7 +348,7 @@ channels = ["broken"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "daemon.cli", *args, "-c", str(config)],
-                              capture_output=True, text=True, timeout=60,
+                              capture_output=True, text=True, timeout=60, check=False,
                               env={**os.environ, **ENVIRON})
 
     try:

@@ -40,8 +40,8 @@ class FrozenClock:
         return self.now
 
 
-def _utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def _utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def _sub(sub_id: str, **kwargs: object) -> SubscriptionSettings:
@@ -100,7 +100,9 @@ async def test_a_week_of_changes_becomes_daily_and_weekly_digests(
             for notice in n.digests.tick():
                 row = store.db.query("SELECT subscription, window_end FROM cw_notices "
                                      "WHERE id = ?", (notice,))[0]
-                made[row["subscription"]].append(from_epoch(row["window_end"]))  # type: ignore[arg-type]
+                end = from_epoch(row["window_end"])
+                assert end is not None
+                made[row["subscription"]].append(end)
             clock.now += timedelta(hours=1)
 
         # Paris: one digest per morning with changes, at 09:00 local time; Monday's first

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from aiohttp import web
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from config.settings import (
     ChannelSettings,
@@ -199,7 +199,7 @@ class HookReceiver:
         headers = dict(request.headers)
         try:
             payload = self.verifier.verify(body, headers)
-        except Exception as exc:
+        except WebhookVerificationError as exc:
             with self._lock:
                 self.invalid.append(f"{request.path}: {exc}")
             return web.Response(status=400, text="bad signature")

@@ -22,11 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from helpers.notify_kit import DOCUMENTS, ENVIRON, Capturer, opened, settings, webhook
-
 from config.settings import StoreSettings, SubscriptionSettings
 from daemon.metrics import Metrics
 from daemon.notifications import Notifications
+from helpers.notify_kit import DOCUMENTS, ENVIRON, Capturer, opened, settings, webhook
 from notifiers.retry import RetryPolicy
 
 

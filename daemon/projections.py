@@ -25,6 +25,8 @@ SCHEMA = (
         changes INTEGER NOT NULL, failures INTEGER NOT NULL,
         consecutive_failures INTEGER NOT NULL, status TEXT NOT NULL, last_error TEXT,
         sha256 TEXT, aggregate_id TEXT NOT NULL)""",
+    # last_seen and last_sha256 are written when a clause is added or removed; while it is
+    # present, its document's last good capture is the truth (see CLAUSE_COLUMNS).
     """CREATE TABLE IF NOT EXISTS cw_clauses (
         id TEXT PRIMARY KEY, record_no INTEGER NOT NULL, document TEXT NOT NULL,
         position INTEGER NOT NULL, section TEXT NOT NULL, text TEXT NOT NULL,
@@ -53,6 +55,15 @@ SCHEMA = (
         sha256 TEXT PRIMARY KEY, dropped_at TEXT NOT NULL)""",
 )
 VIEW_TABLES = ("cw_documents", "cw_clauses", "cw_changes", "cw_captures")
+# How to read clauses: `SELECT {CLAUSE_COLUMNS} FROM cw_clauses c JOIN cw_documents d ...`.
+# A present clause was last seen at its document's last good capture: derived here, because
+# writing it into every clause row at every capture cost captures x clauses row updates
+# (a rebuild of 20,000 events took minutes on PostgreSQL).
+CLAUSE_COLUMNS = (
+    "c.id, c.record_no, c.document, c.position, c.section, c.text, c.kind, c.first_seen, "
+    "c.changes, c.status, c.removed_at, c.first_sha256, "
+    "CASE WHEN c.status = 'present' THEN d.last_verified ELSE c.last_seen END AS last_seen"
+)
 NAME = "views"
 
 Decoder = Callable[[Any], Any]
@@ -160,6 +171,10 @@ class Views:
         slug = self._slug(tx, event)
         at = iso(event.captured_at)
         good = event.outcome != "suspect"
+        if event.clauses is not None:
+            # Before the document and capture rows move on: a removed clause was last seen
+            # at the previous good capture.
+            self._replace_clauses(tx, slug, event, at)
         tx.execute(
             """INSERT INTO cw_captures (seq, event_id, document, captured_at, outcome,
                http_status, sha256, size, text_sha256, final_url, content_type, reason, changes,
@@ -187,12 +202,6 @@ class Views:
             (at, good, at, updated, at, good, at, event.changes,
              "ok" if good else "suspect", None if good else event.reason, event.sha256, slug),
         )
-        if event.clauses is not None:
-            self._replace_clauses(tx, slug, event, at)
-        if good:
-            tx.execute("""UPDATE cw_clauses SET last_seen = ?, last_sha256 = ?
-                          WHERE document = ? AND status = 'present'""",
-                       (at, event.sha256, slug))
 
     def _replace_clauses(self, tx: Transaction, slug: str, event: Document.DocumentCaptured,
                          at: str | None) -> None:
@@ -202,8 +211,14 @@ class Views:
         new_ids = [c["id"] for c in event.clauses]
         gone = present - set(new_ids)
         for clause_id in sorted(gone):
-            tx.execute("UPDATE cw_clauses SET status = 'removed', removed_at = ? WHERE id = ?",
-                       (at, clause_id))
+            tx.execute(
+                """UPDATE cw_clauses SET status = 'removed', removed_at = ?,
+                     last_seen = (SELECT last_verified FROM cw_documents WHERE id = ?),
+                     last_sha256 = (SELECT sha256 FROM cw_captures WHERE document = ?
+                                    AND outcome IN ('baseline', 'changed', 'unchanged')
+                                    ORDER BY seq DESC LIMIT 1)
+                   WHERE id = ?""",
+                (at, slug, slug, clause_id))
         record_no = int(tx.scalar("SELECT COALESCE(MAX(record_no), 0) FROM cw_clauses"))
         for position, clause in enumerate(event.clauses):
             section = json.dumps(clause["section"], ensure_ascii=False)

@@ -15,7 +15,7 @@ from eventsourcing.persistence import IntegrityError
 
 from config.settings import DetectionSettings, DocumentSettings
 from daemon.fetcher import FetchResult
-from daemon.projections import Views, iso
+from daemon.projections import CLAUSE_COLUMNS, Views, iso
 from daemon.store import Store
 from domain.document import CaptureFacts, CaptureResult, Document, document_uuid
 from domain.errors import DomainError
@@ -23,6 +23,7 @@ from domain.extract import extract
 from domain.suspect import SuspectPolicy
 
 FAILED = "failed"
+_CLAUSES = "cw_clauses c JOIN cw_documents d ON d.id = c.document"
 
 
 class UnknownDocumentError(KeyError):
@@ -199,15 +200,16 @@ class ClauseWatch:
     def clauses(self, document_id: str, *, include_removed: bool = True) -> list[dict[str, Any]]:
         """The clauses of a document: present ones in document order, then removed ones."""
         self.document(document_id)
-        sql = "SELECT * FROM cw_clauses WHERE document = ?"
+        sql = f"SELECT {CLAUSE_COLUMNS} FROM {_CLAUSES} WHERE c.document = ?"
         if not include_removed:
-            sql += " AND status = 'present'"
-        sql += " ORDER BY CASE WHEN status = 'present' THEN 0 ELSE 1 END, position, id"
+            sql += " AND c.status = 'present'"
+        sql += " ORDER BY CASE WHEN c.status = 'present' THEN 0 ELSE 1 END, c.position, c.id"
         return [_clause_row(r) for r in self.store.db.query(sql, (document_id,))]
 
     def clause(self, clause_id: str) -> dict[str, Any]:
         """One clause with its history of changes."""
-        rows = self.store.db.query("SELECT * FROM cw_clauses WHERE id = ?", (clause_id,))
+        rows = self.store.db.query(f"SELECT {CLAUSE_COLUMNS} FROM {_CLAUSES} WHERE c.id = ?",
+                                   (clause_id,))
         if not rows:
             raise KeyError(clause_id)
         record = _clause_row(rows[0])

@@ -239,3 +239,33 @@ def test_stability() -> None:
     assert stability(2, 6) == "volatile"
     assert stability(2, 12) == "stable"  # twice a year: once per six months
     assert stability(3, 12) == "volatile"
+
+
+def test_last_seen_follows_good_captures_and_stops_at_removal(service: ClauseWatch,
+                                                              page_server: PageServer) -> None:
+    doc = document(page_server)
+    service.sync_documents([doc])
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def capture(day: int, body: str) -> str:
+        return service.record_fetch(doc, FetchResult(
+            requested_url=doc.url, final_url=doc.url, status=200,
+            fetched_at=start + timedelta(days=day), body=body.encode())).outcome
+
+    assert capture(0, page(CLAUSES)) == "baseline"
+    assert capture(1, page(CLAUSES, "new build")) == "unchanged"
+    assert capture(2, ERROR_PAGE) == "suspect"
+    assert capture(3, page(CLAUSES[:3])) == "changed"
+    assert capture(4, ERROR_PAGE) == "suspect"
+
+    rows = {c["text"]: c for c in service.clauses(doc.id)}
+    removed = rows[CLAUSES[3]]
+    # Last seen at the last good capture that had it (day 1), not at the error page (day 2).
+    assert (removed["status"], removed["last_seen"]) == ("removed", "2025-01-02T00:00:00Z")
+    # Present clauses: seen at every good capture, the error page of day 4 not counted.
+    assert {rows[c]["last_seen"] for c in CLAUSES[:3]} == {"2025-01-04T00:00:00Z"}
+    assert service.clause(rows[CLAUSES[0]]["id"])["last_seen"] == "2025-01-04T00:00:00Z"
+    assert capture(40, page(CLAUSES[:3], "later")) == "unchanged"
+    clause = service.clause(rows[CLAUSES[0]]["id"])
+    assert (clause["last_seen"], clause["months_monitored"]) == ("2025-02-10T00:00:00Z", 1)
+    assert service.clause(removed["id"])["last_seen"] == "2025-01-02T00:00:00Z"

@@ -168,6 +168,7 @@ def test_rebuild_gives_the_same_rows(reopen: Opener) -> None:
     assert service.verify() == []
 
 
+@pytest.mark.postgres
 def test_two_stores_on_different_schemas_do_not_see_each_other(pg_url: Any,
                                                                tmp_path: Path) -> None:
     first = open_store(pg_url.store(), tmp_path / "a")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from config.settings import Settings
 from daemon import schema
 from daemon.coordination import SCHEDULE_SCHEMA
+from daemon.outbox import create_schema
 from daemon.service import ClauseWatch
 from daemon.store import open_store
 
@@ -18,7 +19,7 @@ def open_service(settings: Settings) -> ClauseWatch:
         try:
             schema.check(store.db)
             service = ClauseWatch(store, detection=settings.detection)
-            steps = []
+            steps = [lambda: create_schema(store.db)]
             if settings.store.is_postgres:
                 steps.append(lambda: store.db.executescript(SCHEDULE_SCHEMA))
             schema.initialise(store.db, steps)

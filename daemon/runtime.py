@@ -21,6 +21,7 @@ from daemon.check import client_session, poll
 from daemon.coordination import Leadership, PollClaims, SharedClock
 from daemon.fetcher import Fetcher
 from daemon.metrics import Metrics
+from daemon.notifications import Notifications, add_routes
 from daemon.scheduler import PollQueue, PollScheduler
 from daemon.service import CheckOutcome, ClauseWatch
 from daemon.sql import Database
@@ -60,6 +61,7 @@ class Daemon:
         self.busy = 0
         self.service: ClauseWatch | None = None
         self.leadership: Leadership | None = None
+        self.notifications: Notifications | None = None
         self.shared = False
         self.fetcher: Fetcher | None = None
         self.api_port: int | None = None
@@ -90,6 +92,8 @@ class Daemon:
             if self.settings.store.is_postgres:
                 await self._join_replicas(stack)
             session = await stack.enter_async_context(client_session(self.settings.fetch))
+            self.notifications = await stack.enter_async_context(Notifications(
+                service.store, self.settings, self.metrics, self.environ, owner=self.replica))
             self.fetcher = Fetcher(session, self.settings.fetch,
                                    on_retry=lambda what: self.metrics.retries.labels(
                                        what=what).inc())
@@ -125,6 +129,7 @@ class Daemon:
                 tasks.append(group.create_task(self._guard(self._maintenance), name="maint"))
                 tasks.append(group.create_task(self._guard(self._reloader), name="reloader"))
                 tasks.append(group.create_task(self._guard(self._watchdog), name="watchdog"))
+                tasks.append(group.create_task(self._guard(self._notify), name="notify"))
                 await self.stop_event.wait()
                 log.info("stopping: no new polls; draining %d in flight", self.busy)
                 self.scheduler.shutdown()
@@ -168,6 +173,8 @@ class Daemon:
             self.metrics.scheduler_lag.observe(time.monotonic() - queued_at)
             try:
                 outcome = await poll(self.service, self.fetcher, doc, self.metrics)
+                if outcome.outcome == "changed" and self.notifications is not None:
+                    self.notifications.nudge()
                 if self.on_outcome is not None:
                     maybe = self.on_outcome(doc, outcome)
                     if maybe is not None:
@@ -206,6 +213,10 @@ class Daemon:
                 if dropped:
                     log.info("retention dropped the bytes of %d captures", dropped)
 
+    async def _notify(self) -> None:
+        assert self.notifications is not None
+        await self.notifications.run(self.stop_event)
+
     async def _watchdog(self) -> None:
         interval = self.systemd.watchdog_interval
         if interval is None:
@@ -232,6 +243,8 @@ class Daemon:
         assert self.service is not None
         await asyncio.to_thread(self.service.sync_documents, fresh.documents)
         self.settings = fresh
+        if self.notifications is not None:
+            self.notifications.reconfigure(fresh)
         added, removed, retimed = self._apply_documents(fresh)
         log.info("config reloaded: %d added, %d removed, %d re-timed", len(added),
                  len(removed), len(retimed))
@@ -273,6 +286,8 @@ class Daemon:
         assert self.service is not None
         app = build_api(self.service, registry=self.metrics.registry, readiness=self.readiness,
                         token=token, public_url=self.settings.http.public_url)
+        if self.notifications is not None:
+            add_routes(app, self.notifications)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -361,8 +376,12 @@ class Daemon:
                 self.metrics.last_success.labels(document=row["id"]).set(at.timestamp())
                 self.metrics.seconds_since_success.labels(document=row["id"]).set(
                     (now - at).total_seconds())
-        lag = self.service.store.max_notification_id() - self.service.views.position()
-        self.metrics.projection_lag.labels(projection="views").set(max(0, lag))
+        newest = self.service.store.max_notification_id()
+        self.metrics.projection_lag.labels(projection="views").set(
+            max(0, newest - self.service.views.position()))
+        if self.notifications is not None:
+            self.metrics.projection_lag.labels(projection="notify").set(
+                max(0, newest - self.notifications.outbox.position()))
         self.metrics.queue_depth.set(self.queue.depth)
 
 

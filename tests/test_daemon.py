@@ -355,3 +355,55 @@ async def test_a_crashed_internal_loop_exits_non_zero(tmp_path: Path, pages: Pag
     daemon._maintenance = broken_maintenance  # type: ignore[method-assign]
     code = await asyncio.wait_for(daemon.run(), 20)
     assert code == 1
+
+
+async def test_a_change_is_delivered_as_a_signed_webhook(
+        tmp_path: Path, pages: Pages, daemons: list[Running]) -> None:
+    import base64
+    import json
+
+    from standardwebhooks.webhooks import Webhook
+
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    received: list[tuple[bytes, dict[str, str]]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((await request.read(), dict(request.headers)))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server()
+    try:
+        pages.routes["/policy"] = Behaviour(body=page("We collect your email.", "We keep logs."))
+        port = free_port()
+        config = tmp_path / "clausewatch.toml"
+        write_config(config, port, [("acme/policy", pages.url("/policy"))], extra="\n".join([
+            "[[channels]]", 'id = "legal-hook"', 'type = "webhook"',
+            f'url = "{receiver.make_url("/hook")}"', 'secret_env = "TEST_HOOK_SECRET"',
+            "[[subscriptions]]", 'id = "legal-team"', 'channels = ["legal-hook"]',
+            'platforms = ["Example"]', 'mode = "immediate"',
+        ]))
+        daemon = await launch(config, port, env={"TEST_HOOK_SECRET": secret})
+        daemons.append(daemon)
+        await daemon.ready()
+        await daemon.until(lambda: pages.hits["/policy"] >= 2, what="the baseline")
+        assert received == [], "a baseline is not an alert"
+        pages.routes["/policy"] = Behaviour(
+            body=page("We collect your email and <b>phone</b> number.", "We keep logs."))
+        await daemon.until(lambda: received, timeout=10, what="the webhook")
+        body, headers = received[0]
+        payload = Webhook(secret).verify(body, headers)
+        assert payload["type"] == "clause.changes"
+        change = payload["documents"][0]["changes"][0]
+        assert change["kind"] == "modified"
+        assert change["after"] == "We collect your email and phone number."
+        status, deliveries = await daemon.get("/api/v1/deliveries")
+        assert status == 200 and isinstance(deliveries, dict)
+        assert any(d["status"] == "delivered" for d in deliveries["deliveries"])
+        assert await daemon.stop() == 0
+        assert len({h["webhook-id"] for _, h in received}) == len(received) == 1
+        assert json.loads(body)["id"] == headers["webhook-id"]
+    finally:
+        await receiver.close()

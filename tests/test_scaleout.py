@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestServer
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = 300
-INTERVAL = 8.0
-LEASE = 4.0
+INTERVAL = 12.0
+LEASE = 5.0
 
 
 class CountingServer:
@@ -115,7 +115,7 @@ async def test_three_replicas_share_the_work_and_survive_a_kill(
         started = time.monotonic()
 
         # Several intervals with all three replicas up.
-        await asyncio.sleep(4 * INTERVAL)
+        await asyncio.sleep(3 * INTERVAL)
         killed_at = time.monotonic()
         victim, _ = replicas["r2"]
         victim.send_signal(signal.SIGKILL)

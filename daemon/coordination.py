@@ -158,7 +158,7 @@ class SharedClock:
     """
 
     def __init__(self, queue: Any, claims: PollClaims, *, capacity: Any,
-                 tick: float = 0.5, spread_first: bool = True) -> None:
+                 tick: float = 0.2, spread_first: bool = True) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         self.queue = queue

@@ -316,7 +316,8 @@ class Daemon:
         self.service.catch_up_after_save = False
 
     def _capacity(self) -> int:
-        return self.settings.scheduler.workers - self.busy - self.queue.depth
+        # Claim ahead of the workers (a second round queued), so none idles between ticks.
+        return 2 * self.settings.scheduler.workers - self.busy - self.queue.depth
 
     def _leads(self, role: str) -> bool:
         """True if this process should do a single-leader job now (always, without replicas)."""

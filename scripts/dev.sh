@@ -26,6 +26,8 @@ case "${1:-demo}" in
         ;;
     test)
         shift || true
+        # System tools some tests need (promtool, prometheus, hadolint); quick once installed.
+        bash scripts/ci-deps.sh
         exec .venv/bin/python -m pytest "$@"
         ;;
     *)

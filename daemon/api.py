@@ -18,11 +18,17 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from daemon.citation import CSL_TYPE, FORMATS, citation_csl, citation_json, citation_text
 from daemon.evidence import EvidenceError
 from daemon.feeds import atom_feed, latest_changes
 from daemon.openapi import openapi_document
 from daemon.projections import iso
-from daemon.service import ClauseWatch, UnknownDocumentError
+from daemon.service import (
+    ClauseWatch,
+    UnknownCategoryError,
+    UnknownClauseError,
+    UnknownDocumentError,
+)
 from domain.clauses import CHANGE_KINDS
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,9 @@ def build_api(service: ClauseWatch, *, registry: CollectorRegistry, readiness: R
     r.add_get("/api/v1/documents/{id:.+}/captures", handlers.document_captures)
     r.add_get("/api/v1/documents/{id:.+}", handlers.document)
     r.add_get("/api/v1/clauses/{clause_id}", handlers.clause)
+    r.add_get("/api/v1/clauses/{clause_id}/citation", handlers.citation)
+    r.add_get("/api/v1/categories", handlers.categories)
+    r.add_get("/api/v1/categories/{category_id}", handlers.category)
     r.add_get("/api/v1/changes", handlers.changes)
     r.add_get("/api/v1/captures/{sha256}", handlers.capture)
     r.add_get("/feeds/changes.atom", handlers.changes_feed)
@@ -160,6 +169,31 @@ class _Handlers:
         except KeyError:
             raise ApiError(404, f"no clause with id {clause_id!r}") from None
         return _json(record)
+
+    async def citation(self, request: web.Request) -> web.Response:
+        params = _params(request, {"format", "verify"})
+        fmt = params.get("format", "json")
+        if fmt not in FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(FORMATS)}, not {fmt!r}",
+                           parameter="format")
+        verify = _boolean(params, "verify")
+        record = await self._call(self.service.citation_record, request.match_info["clause_id"],
+                                  verify=verify)
+        if fmt == "text":
+            return web.Response(text=citation_text(record), content_type="text/plain",
+                                charset="utf-8")
+        if fmt == "csl":
+            return web.Response(text=_dumps(citation_csl(record)), content_type=CSL_TYPE,
+                                charset="utf-8")
+        return _json(citation_json(record))
+
+    async def categories(self, request: web.Request) -> web.Response:
+        _params(request, set())
+        return _json({"items": await asyncio.to_thread(self.service.categories)})
+
+    async def category(self, request: web.Request) -> web.Response:
+        _params(request, set())
+        return _json(await self._call(self.service.category, request.match_info["category_id"]))
 
     async def changes(self, request: web.Request) -> web.Response:
         params = _params(request, {"document", "since", "kind", "limit", "cursor"})
@@ -253,7 +287,7 @@ class _Handlers:
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
-        except UnknownDocumentError as exc:
+        except (UnknownDocumentError, UnknownClauseError, UnknownCategoryError) as exc:
             raise ApiError(404, str(exc)) from None
 
 
@@ -391,6 +425,18 @@ def _int(params: Mapping[str, str], name: str, *, default: int, minimum: int = 1
         raise ApiError(400, f"{name} must be from {minimum} to {maximum}, not {value}",
                        parameter=name)
     return value
+
+
+def _boolean(params: Mapping[str, str], name: str) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ApiError(400, f"{name} must be true or false, not {raw!r}", parameter=name)
 
 
 def _since(raw: str | None) -> str | None:

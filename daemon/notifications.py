@@ -27,7 +27,7 @@ from config.settings import ChannelSettings, Settings, SubscriptionSettings
 from daemon.delivery import DEAD, DELIVERED, PENDING, STATUSES, DeliveryWorker
 from daemon.digest import Digests
 from daemon.metrics import Metrics
-from daemon.outbox import Classifier, Outbox, epoch, from_epoch
+from daemon.outbox import Outbox, epoch, from_epoch
 from daemon.store import Store
 from notifiers.base import Channel
 from notifiers.email import EmailChannel, TlsMode
@@ -174,23 +174,6 @@ def _subscription(settings: Settings, subscription_id: str) -> SubscriptionSetti
     raise UnknownSubscriptionError(subscription_id, [s.id for s in settings.subscriptions])
 
 
-def taxonomy_classifier(settings: Settings) -> Classifier:
-    """Classify clause text with the configured (or the packaged) taxonomy."""
-    from config.taxonomy import load_taxonomy
-    from domain.classify import SEVERITIES, classify
-
-    taxonomy = load_taxonomy(settings.taxonomy)
-
-    def run(text: str) -> tuple[tuple[str, ...], str | None]:
-        matches = classify(taxonomy, text)
-        if not matches:
-            return (), None
-        severity = max((m.severity for m in matches), key=SEVERITIES.index)
-        return tuple(m.category_id for m in matches), severity
-
-    return run
-
-
 # The facade -------------------------------------------------------------------------------
 
 
@@ -203,7 +186,6 @@ class Notifications:
                  session: aiohttp.ClientSession | None = None,
                  policy: RetryPolicy | None = None, owner: str | None = None,
                  lease: float | None = None, poll: float = POLL, history: bool = False,
-                 classifier: Classifier | None = None, use_taxonomy: bool = True,
                  concurrency: int = 32, per_channel: int = 4, drain: float = 10.0) -> None:
         self.store = store
         self.settings = settings
@@ -214,12 +196,9 @@ class Notifications:
         self.drain = drain
         self._session = session
         self._own_session = session is None
-        if classifier is None and use_taxonomy:
-            classifier = taxonomy_classifier(settings)
         self.outbox = Outbox(store.db, read=store.read_notifications, decode=store.decode,
                              max_notification_id=store.max_notification_id,
                              subscriptions=settings.subscriptions, clock=clock,
-                             classify=classifier,
                              aggregate=store.app.repository.get,
                              public_url=settings.http.public_url, history=history)
         self.digests = Digests(store.db, subscriptions=settings.subscriptions, clock=clock)

@@ -12,6 +12,11 @@ _NULLABLE_SHA256 = {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}
 _SECTION = {"type": "array", "items": {"type": "string"},
             "description": "Headings above the clause, outermost first."}
 _CHANGE_KINDS = ["added", "removed", "modified", "moved"]
+_SEVERITY = {"enum": ["low", "medium", "high", "critical"]}
+_IDS = {"type": ["array", "null"], "items": {"type": "string"},
+        "description": "Category ids; null when that side was not classified."}
+_RECORD_ID = {"type": "string", "examples": ["CW-P-000305"],
+              "description": "Stable record id, assigned once and never reused."}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -47,9 +52,34 @@ SCHEMAS: dict[str, Any] = {
         "status": {"enum": ["pending", "ok", "suspect", "failing"]},
         "last_error": _NULLABLE_STRING, "sha256": _NULLABLE_SHA256,
     }, "A watched document and its record."),
+    "ClauseCategory": {"type": "object", "required": ["id", "name", "severity", "confidence"],
+                       "description": "A category the clause falls under, as classified.",
+                       "properties": {
+        "id": {"type": "string", "examples": ["ai-interaction-data"]},
+        "name": {"type": "string", "examples": ["AI interaction data collection"]},
+        "severity": _SEVERITY,
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "rules": {"type": "array", "items": {"type": "string"},
+                  "description": "The taxonomy rules that fired: how it was classified."},
+        "rarity": {"$ref": "#/components/schemas/Rarity"},
+        "other_platforms": {"type": "array", "items": {"$ref": "#/components/schemas/Peer"},
+                            "description": "The same category's clauses at other platforms "
+                                           "(clause records only)."}}},
+    "Rarity": _object({
+        "text": {"type": "string", "examples": ["1 of 3 platforms"]},
+        "platforms": {"type": "integer"}, "platforms_watched": {"type": "integer"},
+        "documents": {"type": "integer"}, "clauses": {"type": "integer"},
+    }, "How many watched platforms have a clause in the category."),
+    "Peer": _object({
+        "platform": {"type": "string"}, "document": {"type": "string"},
+        "document_title": {"type": "string"}, "document_record_id": {"type": "string"},
+        "clause": {"type": "string"}, "record_id": _RECORD_ID, "section": _SECTION,
+        "text": {"type": "string"}, "confidence": {"type": "number"},
+        "first_seen": _TIME, "changes": {"type": "integer"},
+    }, "A clause of another platform in the same category, with its current text."),
     "Clause": _object({
         "id": {"type": "string", "examples": ["cl-9da34e358f62"]},
-        "record_id": {"type": "string", "examples": ["CW-P-000001"]},
+        "record_id": _RECORD_ID,
         "document": {"type": "string"}, "section": _SECTION,
         "text": {"type": "string", "description": "Page text: untrusted data, never HTML."},
         "kind": {"type": "string", "examples": ["paragraph", "heading", "item"]},
@@ -57,6 +87,9 @@ SCHEMAS: dict[str, Any] = {
         "months_monitored": {"type": "integer"},
         "stability": {"enum": ["stable", "volatile"]},
         "status": {"enum": ["present", "removed"]}, "position": {"type": "integer"},
+        "categories": {"type": ["array", "null"], "items": {
+            "$ref": "#/components/schemas/ClauseCategory"},
+            "description": "Null while the clause has never been classified."},
     }, "A clause of a document, with a stable id across versions."),
     "Change": _object({
         "id": {"type": "string", "description": "The event id: aggregate and version."},
@@ -67,7 +100,34 @@ SCHEMAS: dict[str, Any] = {
         "patch": {"type": "string", "description": "diff-match-patch text of the edit."},
         "similarity": {"type": "number", "minimum": 0, "maximum": 1},
         "captured_at": _TIME, "sha256": _SHA256,
+        "categories_before": _IDS, "categories_after": _IDS,
     }, "One clause-level change between two captures."),
+    "CategoryChange": _object({
+        "seq": {"type": "integer"}, "at": _TIME,
+        "cause": {"enum": ["capture", "reclassify"]},
+        "taxonomy_version": _NULLABLE_STRING,
+        "added": {"type": "array", "items": {"type": "string"}},
+        "removed": {"type": "array", "items": {"type": "string"}},
+        "before": _IDS, "after": _IDS,
+    }, "A clause starting or ceasing to fall under categories."),
+    "Category": _object({
+        "id": {"type": "string"}, "name": {"type": "string"},
+        "severity": {"oneOf": [_SEVERITY, {"type": "null"}]},
+        "description": _NULLABLE_STRING,
+        "regulations": {"type": "array", "items": {"type": "string"}},
+        "in_taxonomy": {"type": "boolean",
+                        "description": "False for categories only an older taxonomy used."},
+        "rarity": {"type": "string", "examples": ["1 of 3 platforms"]},
+        "platforms": {"type": "integer"}, "platforms_watched": {"type": "integer"},
+        "documents": {"type": "integer"}, "clauses": {"type": "integer"},
+    }, "A taxonomy category and how many watched platforms have it."),
+    "Verification": _object({
+        "sha256": _SHA256,
+        "status": {"enum": ["ok", "mismatch", "missing", "unreadable", "dropped"]},
+        "verifies": {"type": "boolean"}, "actual": _NULLABLE_SHA256,
+        "checked_at": _TIME,
+        "recomputed": {"type": "boolean", "description": "Re-hashed for this answer."},
+    }, "Whether the stored snapshot still hashes to its SHA-256."),
     "Capture": _object({
         "id": {"type": "string"}, "document": {"type": "string"}, "captured_at": _TIME,
         "outcome": {"enum": ["baseline", "unchanged", "changed", "suspect", "failed"]},
@@ -79,8 +139,52 @@ SCHEMAS: dict[str, Any] = {
     }, "One capture (fetch) of a document."),
 }
 SCHEMAS["ClauseWithHistory"] = {"allOf": [_ref("Clause"), {
-    "type": "object", "required": ["history"],
-    "properties": {"history": {"type": "array", "items": _ref("Change")}}}]}
+    "type": "object",
+    "required": ["history", "category_history", "platform", "document_record"],
+    "properties": {"history": {"type": "array", "items": _ref("Change")},
+                   "category_history": {"type": "array", "items": _ref("CategoryChange")},
+                   "platform": {"type": "string"},
+                   "document_record": _ref("Document")}}]}
+SCHEMAS["CategoryList"] = _list_of("Category")
+SCHEMAS["CategoryDetail"] = {"allOf": [_ref("Category"), {
+    "type": "object", "required": ["platforms_with_category"],
+    "properties": {"platforms_with_category": {"type": "array", "items": {
+        "type": "object", "properties": {
+            "platform": {"type": "string"},
+            "documents": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "record_id": {"type": "string"},
+                "title": {"type": "string"},
+                "clauses": {"type": "array", "items": {"type": "object"}}}}}}}}}}]}
+SCHEMAS["Citation"] = _object({
+    "record_id": _RECORD_ID, "clause_id": {"type": "string"},
+    "entity": {"type": "string", "description": "The platform that published the document."},
+    "document": {"type": "object", "description": "id, record_id, title, url, first_tracked, "
+                                                  "last_verified, last_updated."},
+    "section": _SECTION, "text": {"type": "string"},
+    "status": {"enum": ["present", "removed"]},
+    "first_seen": _TIME, "last_seen": _TIME, "changes": {"type": "integer"},
+    "wording_since": {**_TIME, "description": "When the cited wording was first captured."},
+    "categories": {"type": "array", "items": _ref("ClauseCategory")},
+    "capture": {"oneOf": [_ref("Capture"), {"type": "null"}],
+                "description": "The snapshot cited: the latest good one holding the wording."},
+    "verification": {"oneOf": [_ref("Verification"), {"type": "null"}]},
+    "cite_as": {"type": "string", "description": "One line to paste into a filing."},
+    "verification_text": {"type": "string"},
+}, "A citation record of one clause.")
+SCHEMAS["Delivery"] = _object({
+    "id": {"type": "string"}, "notice": {"type": "string"},
+    "subscription": {"type": "string"}, "channel": {"type": "string"},
+    "kind": {"enum": ["alert", "digest", "test"]},
+    "status": {"enum": ["pending", "delivered", "dead"]},
+    "attempts": {"type": "integer"}, "created_at": _NULLABLE_TIME,
+    "captured_at": _NULLABLE_TIME, "next_attempt_at": _NULLABLE_TIME,
+    "last_attempt_at": _NULLABLE_TIME, "delivered_at": _NULLABLE_TIME,
+    "last_error": _NULLABLE_STRING, "last_status": {"type": ["integer", "null"]},
+}, "One notice's delivery to one channel.")
+SCHEMAS["DeliveryList"] = _object({
+    "deliveries": {"type": "array", "items": _ref("Delivery")},
+    "dead_letters": {"type": "integer", "description": "Deliveries that gave up."},
+}, "Recent deliveries, newest first.")
 SCHEMAS["DocumentList"] = _list_of("Document")
 SCHEMAS["ClauseList"] = _list_of("Clause")
 SCHEMAS["CaptureList"] = _list_of("Capture")
@@ -130,6 +234,12 @@ def _get(summary: str, responses: dict[str, Any], *, parameters: list[Any] | Non
     return {"get": operation}
 
 
+def _post(summary: str, responses: dict[str, Any], *, parameters: list[Any],
+          operation_id: str) -> dict[str, Any]:
+    operation = _get(summary, responses, parameters=parameters, operation_id=operation_id)
+    return {"post": operation["get"]}
+
+
 def _atom(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/atom+xml": {"schema": {"type": "string"}}}}
@@ -170,6 +280,46 @@ def openapi_document(*, version: str, public_url: str | None = None) -> dict[str
             "200": _json_response("The clause.", "ClauseWithHistory"), "404": _NOT_FOUND},
             parameters=[{"name": "clause_id", "in": "path", "required": True,
                          "schema": {"type": "string"}}], operation_id="getClause"),
+        "/api/v1/clauses/{clause_id}/citation": _get(
+            "A citation record of one clause: entity, document, stable record id, capture "
+            "time, the snapshot's SHA-256, URL and whether the stored snapshot still "
+            "verifies", {
+                "200": {"description": "The citation record.", "content": {
+                    "application/json": {"schema": _ref("Citation")},
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/vnd.citationstyles.csl+json": {"schema": {
+                        "type": "array", "items": {"type": "object"}}}}},
+                "404": _NOT_FOUND},
+            parameters=[{"name": "clause_id", "in": "path", "required": True,
+                         "schema": {"type": "string"}},
+                        _query("format", "json (default), text, or csl (CSL-JSON).",
+                               {"enum": ["json", "text", "csl"], "default": "json"}),
+                        _query("verify", "Re-hash the stored snapshot now instead of "
+                                         "reporting the last check.",
+                               {"type": "boolean", "default": False})],
+            operation_id="getClauseCitation"),
+        "/api/v1/categories": _get("Every category with its rarity across watched platforms", {
+            "200": _json_response("The categories.", "CategoryList")},
+            operation_id="listCategories"),
+        "/api/v1/categories/{category_id}": _get(
+            "One category: the platforms, documents and clauses that fall under it", {
+                "200": _json_response("The category.", "CategoryDetail"),
+                "404": _error("No such category.")},
+            parameters=[{"name": "category_id", "in": "path", "required": True,
+                         "schema": {"type": "string"}}], operation_id="getCategory"),
+        "/api/v1/deliveries": _get("Recent notification deliveries, newest first", {
+            "200": _json_response("The deliveries and the dead-letter count.",
+                                  "DeliveryList")},
+            parameters=[_query("status", "Only deliveries with this status.",
+                               {"enum": ["pending", "delivered", "dead"]}),
+                        _limit(100, 1000)], operation_id="listDeliveries"),
+        "/api/v1/deliveries/{id}/retry": _post(
+            "Send a dead or pending delivery again now, with a fresh retry budget", {
+                "202": _json_response("Queued again.", "Delivery"),
+                "404": _error("No such delivery."),
+                "409": _error("The delivery was already delivered.")},
+            parameters=[{"name": "id", "in": "path", "required": True,
+                         "schema": {"type": "string"}}], operation_id="retryDelivery"),
         "/api/v1/changes": _get("Clause changes, oldest first, one page at a time", {
             "200": _json_response("A page of changes.", "ChangePage"),
             "404": _error("The `document` filter names no tracked document.")},

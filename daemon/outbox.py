@@ -64,8 +64,6 @@ SCHEMA = (
 
 Reader = Callable[[int, int], Sequence[Any]]
 Decoder = Callable[[Any], Any]
-# Text of a clause -> (category ids, severity or None).
-Classifier = Callable[[str], tuple[tuple[str, ...], str | None]]
 # An aggregate id -> the aggregate (for documents the read views have not seen yet).
 AggregateLookup = Callable[[Any], Any]
 
@@ -189,7 +187,6 @@ class Outbox:
                  max_notification_id: Callable[[], int],
                  subscriptions: Sequence[SubscriptionSettings],
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 classify: Classifier | None = None,
                  aggregate: AggregateLookup | None = None,
                  public_url: str | None = None, history: bool = False,
                  batch_size: int = 200) -> None:
@@ -198,7 +195,6 @@ class Outbox:
         self.decode = decode
         self.subscriptions = tuple(subscriptions)
         self.clock = clock
-        self.classify = classify
         self.aggregate = aggregate
         self.public_url = public_url.rstrip("/") if public_url else None
         self.batch_size = batch_size
@@ -336,19 +332,18 @@ class Outbox:
         self._documents.clear()
 
     def _clause_notice(self, change: Any) -> ClauseNotice:
-        categories: tuple[str, ...] = ()
-        severity: str | None = None
-        if self.classify is not None:
-            seen: dict[str, None] = {}
-            ranks: list[str] = []
-            for text in (change.before, change.after):
-                if text:
-                    found, level = self.classify(text)
-                    seen.update(dict.fromkeys(found))
-                    if level:
-                        ranks.append(level)
-            categories = tuple(seen)
-            severity = max(ranks, key=SEVERITIES.index) if ranks else None
+        # The categories recorded with the change, before and after, so an alert says what
+        # the clause's history says. A clause starting or ceasing to fall under a category is
+        # alerted under it either way.
+        seen: dict[str, None] = {}
+        ranks: list[str] = []
+        for side in (change.categories_before, change.categories_after):
+            for category in side or ():
+                seen[category["id"]] = None
+                if category.get("severity") in SEVERITIES:
+                    ranks.append(category["severity"])
+        categories = tuple(seen)
+        severity = max(ranks, key=SEVERITIES.index) if ranks else None
         return ClauseNotice(clause_id=change.clause_id, kind=change.kind,
                             section=tuple(change.section), before=change.before,
                             after=change.after, categories=categories, severity=severity)

@@ -27,18 +27,19 @@ SCHEMA = (
         sha256 TEXT, aggregate_id TEXT NOT NULL)""",
     # last_seen and last_sha256 are written when a clause is added or removed; while it is
     # present, its document's last good capture is the truth (see CLAUSE_COLUMNS).
+    # categories: the clause's categories as JSON, NULL while it has never been classified.
     """CREATE TABLE IF NOT EXISTS cw_clauses (
         id TEXT PRIMARY KEY, record_no INTEGER NOT NULL, document TEXT NOT NULL,
         position INTEGER NOT NULL, section TEXT NOT NULL, text TEXT NOT NULL,
         kind TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
         changes INTEGER NOT NULL, status TEXT NOT NULL, removed_at TEXT,
-        first_sha256 TEXT, last_sha256 TEXT)""",
+        first_sha256 TEXT, last_sha256 TEXT, categories TEXT)""",
     "CREATE INDEX IF NOT EXISTS cw_clauses_document ON cw_clauses (document, status, position)",
     """CREATE TABLE IF NOT EXISTS cw_changes (
         seq BIGINT PRIMARY KEY, event_id TEXT NOT NULL, document TEXT NOT NULL,
         clause TEXT NOT NULL, kind TEXT NOT NULL, section TEXT NOT NULL, before TEXT,
         after TEXT, patch TEXT NOT NULL, similarity REAL NOT NULL, captured_at TEXT NOT NULL,
-        sha256 TEXT NOT NULL)""",
+        sha256 TEXT NOT NULL, categories_before TEXT, categories_after TEXT)""",
     "CREATE INDEX IF NOT EXISTS cw_changes_document ON cw_changes (document, seq)",
     "CREATE INDEX IF NOT EXISTS cw_changes_clause ON cw_changes (clause, seq)",
     "CREATE INDEX IF NOT EXISTS cw_changes_time ON cw_changes (captured_at)",
@@ -49,19 +50,49 @@ SCHEMA = (
         reason TEXT, changes INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS cw_captures_document ON cw_captures (document, seq)",
     "CREATE INDEX IF NOT EXISTS cw_captures_sha ON cw_captures (sha256)",
+    # One row per present clause and category it falls under: rarity ("N of M platforms")
+    # and "how other platforms handle this" are queries on it.
+    """CREATE TABLE IF NOT EXISTS cw_clause_categories (
+        clause TEXT NOT NULL, document TEXT NOT NULL, platform TEXT NOT NULL,
+        category TEXT NOT NULL, name TEXT NOT NULL, severity TEXT NOT NULL,
+        confidence REAL NOT NULL, PRIMARY KEY (clause, category))""",
+    ("CREATE INDEX IF NOT EXISTS cw_clause_categories_category "
+     "ON cw_clause_categories (category, platform)"),
+    ("CREATE INDEX IF NOT EXISTS cw_clause_categories_document "
+     "ON cw_clause_categories (document)"),
+    # A clause starting or ceasing to fall under a category: by an edit of its text
+    # (cause 'capture') or by a new taxonomy (cause 'reclassify'). JSON lists of ids.
+    """CREATE TABLE IF NOT EXISTS cw_category_changes (
+        seq BIGINT NOT NULL, clause TEXT NOT NULL, document TEXT NOT NULL, at TEXT NOT NULL,
+        cause TEXT NOT NULL, taxonomy_version TEXT, before TEXT, after TEXT,
+        added TEXT NOT NULL, removed TEXT NOT NULL, PRIMARY KEY (seq, clause))""",
+    ("CREATE INDEX IF NOT EXISTS cw_category_changes_clause "
+     "ON cw_category_changes (clause, seq)"),
     # Bytes the retention policy deleted: not derived from events, so `rebuild` keeps it and
     # re-marks the captures it covers (those captured before the drop).
     """CREATE TABLE IF NOT EXISTS cw_evidence_dropped (
         sha256 TEXT PRIMARY KEY, dropped_at TEXT NOT NULL)""",
+    # The last re-hash of each capture's stored bytes (citations show it): not derived from
+    # events either, so `rebuild` keeps it.
+    """CREATE TABLE IF NOT EXISTS cw_evidence_checks (
+        sha256 TEXT PRIMARY KEY, status TEXT NOT NULL, actual TEXT, checked_at TEXT NOT NULL)""",
 )
-VIEW_TABLES = ("cw_documents", "cw_clauses", "cw_changes", "cw_captures")
+VIEW_TABLES = ("cw_documents", "cw_clauses", "cw_changes", "cw_captures",
+               "cw_clause_categories", "cw_category_changes")
+# Schema version 2 added the category columns to tables version 1 created (the new tables
+# are created above); old events carry no categories, so nothing needs replaying.
+MIGRATION_V2 = (
+    "ALTER TABLE cw_clauses ADD COLUMN categories TEXT",
+    "ALTER TABLE cw_changes ADD COLUMN categories_before TEXT",
+    "ALTER TABLE cw_changes ADD COLUMN categories_after TEXT",
+)
 # How to read clauses: `SELECT {CLAUSE_COLUMNS} FROM cw_clauses c JOIN cw_documents d ...`.
 # A present clause was last seen at its document's last good capture: derived here, because
 # writing it into every clause row at every capture cost captures x clauses row updates
 # (a rebuild of 20,000 events took minutes on PostgreSQL).
 CLAUSE_COLUMNS = (
     "c.id, c.record_no, c.document, c.position, c.section, c.text, c.kind, c.first_seen, "
-    "c.changes, c.status, c.removed_at, c.first_sha256, "
+    "c.changes, c.status, c.removed_at, c.first_sha256, c.categories, "
     "CASE WHEN c.status = 'present' THEN d.last_verified ELSE c.last_seen END AS last_seen"
 )
 NAME = "views"
@@ -163,8 +194,11 @@ class Views:
 
     def _on_DocumentRedescribed(self, tx: Transaction, seq: int,
                                 event: Document.DocumentRedescribed) -> None:
+        slug = self._slug(tx, event)
         tx.execute("UPDATE cw_documents SET platform = ?, title = ?, url = ? WHERE id = ?",
-                   (event.platform, event.title, event.url, self._slug(tx, event)))
+                   (event.platform, event.title, event.url, slug))
+        tx.execute("UPDATE cw_clause_categories SET platform = ? WHERE document = ?",
+                   (event.platform, slug))
 
     def _on_DocumentCaptured(self, tx: Transaction, seq: int,
                              event: Document.DocumentCaptured) -> None:
@@ -206,10 +240,14 @@ class Views:
     def _replace_clauses(self, tx: Transaction, slug: str, event: Document.DocumentCaptured,
                          at: str | None) -> None:
         assert event.clauses is not None
-        present = {row["id"] for row in tx.query(
-            "SELECT id FROM cw_clauses WHERE document = ? AND status = 'present'", (slug,))}
+        present = {row["id"]: row["categories"] for row in tx.query(
+            "SELECT id, categories FROM cw_clauses WHERE document = ? AND status = 'present'",
+            (slug,))}
         new_ids = [c["id"] for c in event.clauses]
-        gone = present - set(new_ids)
+        gone = set(present) - set(new_ids)
+        # Category rows follow the clauses whose categories changed, appeared or went.
+        relabel = sorted(gone)
+        labels: list[tuple[str, list[dict[str, Any]]]] = []
         for clause_id in sorted(gone):
             tx.execute(
                 """UPDATE cw_clauses SET status = 'removed', removed_at = ?,
@@ -222,36 +260,66 @@ class Views:
         record_no = int(tx.scalar("SELECT COALESCE(MAX(record_no), 0) FROM cw_clauses"))
         for position, clause in enumerate(event.clauses):
             section = json.dumps(clause["section"], ensure_ascii=False)
+            categories = _json_or_none(clause.get("categories"))
             if clause["id"] in present:
-                tx.execute("""UPDATE cw_clauses SET position = ?, section = ?, text = ?, kind = ?
-                              WHERE id = ?""",
-                           (position, section, clause["text"], clause["kind"], clause["id"]))
+                tx.execute("""UPDATE cw_clauses SET position = ?, section = ?, text = ?, kind = ?,
+                              categories = ? WHERE id = ?""",
+                           (position, section, clause["text"], clause["kind"], categories,
+                            clause["id"]))
+                if categories == present[clause["id"]]:
+                    continue
             else:
                 record_no += 1
                 tx.execute(
                     """INSERT INTO cw_clauses (id, record_no, document, position, section, text,
-                       kind, first_seen, last_seen, changes, status, first_sha256, last_sha256)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'present', ?, ?)
+                       kind, first_seen, last_seen, changes, status, first_sha256, last_sha256,
+                       categories)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'present', ?, ?, ?)
                        ON CONFLICT (id) DO UPDATE SET status = 'present', removed_at = NULL,
-                       position = excluded.position, text = excluded.text""",
+                       position = excluded.position, text = excluded.text,
+                       categories = excluded.categories""",
                     (clause["id"], record_no, slug, position, section, clause["text"],
-                     clause["kind"], at, at, event.sha256, event.sha256),
+                     clause["kind"], at, at, event.sha256, event.sha256, categories),
                 )
+            relabel.append(clause["id"])
+            labels.append((clause["id"], clause.get("categories") or []))
+        _label(tx, slug, relabel, labels)
 
     def _on_ClauseChanged(self, tx: Transaction, seq: int, event: Document.ClauseChanged) -> None:
         slug = self._slug(tx, event)
+        at = iso(event.captured_at)
         tx.execute(
             """INSERT INTO cw_changes (seq, event_id, document, clause, kind, section, before,
-               after, patch, similarity, captured_at, sha256)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               after, patch, similarity, captured_at, sha256, categories_before,
+               categories_after)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (seq, _event_id(event), slug, event.clause_id, event.kind,
              json.dumps(event.section, ensure_ascii=False), event.before, event.after,
-             event.patch, event.similarity, iso(event.captured_at), event.sha256),
+             event.patch, event.similarity, at, event.sha256,
+             _json_or_none(event.categories_before), _json_or_none(event.categories_after)),
         )
+        # A reworded clause that starts or stops falling under a category: that is part of
+        # its history too. (Unclassified sides say nothing about categories.)
+        if (event.kind == "modified" and event.categories_before is not None
+                and event.categories_after is not None):
+            _category_change(tx, seq, slug, event.clause_id, at, "capture", None,
+                             event.categories_before, event.categories_after)
         if event.kind != "added":
             # An addition is the clause's first appearance, not a change to it.
             tx.execute("UPDATE cw_clauses SET changes = changes + 1 WHERE id = ?",
                        (event.clause_id,))
+
+    def _on_ClausesReclassified(self, tx: Transaction, seq: int,
+                                event: Document.ClausesReclassified) -> None:
+        slug = self._slug(tx, event)
+        at = iso(event.timestamp)
+        for entry in event.clauses:
+            tx.execute("UPDATE cw_clauses SET categories = ? WHERE id = ?",
+                       (_json_or_none(entry["after"]), entry["id"]))
+            _category_change(tx, seq, slug, entry["id"], at, "reclassify",
+                             event.taxonomy_version, entry["before"], entry["after"])
+        _label(tx, slug, [e["id"] for e in event.clauses],
+               [(e["id"], e["after"] or []) for e in event.clauses])
 
     def _on_CaptureFailed(self, tx: Transaction, seq: int, event: Document.CaptureFailed) -> None:
         slug = self._slug(tx, event)
@@ -268,6 +336,51 @@ class Views:
                status = 'failing', last_error = ? WHERE id = ?""",
             (at, f"{event.error_kind}: {event.message}", slug),
         )
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _label(tx: Transaction, slug: str, clause_ids: Sequence[str],
+           labels: Sequence[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Replace the category rows of these clauses of a document with `labels`."""
+    if not clause_ids:
+        return
+    tx.executemany("DELETE FROM cw_clause_categories WHERE clause = ?",
+                   [(clause_id,) for clause_id in clause_ids])
+    rows = [(clause_id, slug, c["id"], c["name"], c["severity"], c["confidence"])
+            for clause_id, categories in labels for c in categories]
+    if not rows:
+        return
+    platform = tx.scalar("SELECT platform FROM cw_documents WHERE id = ?", (slug,)) or ""
+    tx.executemany(
+        """INSERT INTO cw_clause_categories (clause, document, platform, category, name,
+           severity, confidence) VALUES (?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (clause, category) DO NOTHING""",
+        [(clause, doc, platform, cid, name, severity, confidence)
+         for clause, doc, cid, name, severity, confidence in rows])
+
+
+def _category_change(tx: Transaction, seq: int, slug: str, clause_id: str, at: str | None,
+                     cause: str, taxonomy_version: str | None,
+                     before: list[dict[str, Any]] | None,
+                     after: list[dict[str, Any]] | None) -> None:
+    """Record a change of the categories a clause falls under, if the set of ids changed."""
+    old = [c["id"] for c in before or []]
+    new = [c["id"] for c in after or []]
+    added = [cid for cid in new if cid not in old]
+    removed = [cid for cid in old if cid not in new]
+    # A first classification is recorded even when it finds nothing: the clause's record
+    # then says when it was classified.
+    if not added and not removed and before is not None:
+        return
+    tx.execute(
+        """INSERT INTO cw_category_changes (seq, clause, document, at, cause, taxonomy_version,
+           before, after, added, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (seq, clause) DO NOTHING""",
+        (seq, clause_id, slug, at, cause, taxonomy_version, _json_or_none(before),
+         _json_or_none(after), json.dumps(added), json.dumps(removed)))
 
 
 def _save_position(tx: Transaction, name: str, position: int) -> None:

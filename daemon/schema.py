@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from config.settings import StoreSettings
+from daemon.projections import MIGRATION_V2
 from daemon.sql import Database
 
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 # version -> statements that take the schema there from the version before.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {2: MIGRATION_V2}
 VERSION_TABLE = ("""CREATE TABLE IF NOT EXISTS cw_schema_version (
     id INTEGER PRIMARY KEY, version INTEGER NOT NULL)""",)
 

@@ -17,6 +17,7 @@ from config.settings import DetectionSettings, DocumentSettings
 from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
 from daemon.store import Store
+from domain.classify import SEVERITIES, Taxonomy, clause_classifier, taxonomy_version
 from domain.document import CaptureFacts, CaptureResult, Document, document_uuid
 from domain.errors import DomainError
 from domain.extract import extract
@@ -24,6 +25,42 @@ from domain.suspect import SuspectPolicy
 
 FAILED = "failed"
 _CLAUSES = "cw_clauses c JOIN cw_documents d ON d.id = c.document"
+# Captures whose bytes hold the document's good text (a 304 refers to earlier bytes).
+_GOOD_CAPTURE = ("outcome IN ('baseline', 'changed', 'unchanged') AND sha256 IS NOT NULL "
+                 "AND http_status <> 304")
+# How many clauses per other platform "how other platforms handle this" shows by default.
+PEERS_PER_PLATFORM = 3
+
+
+class UnknownCategoryError(KeyError):
+    """No category with this id in the taxonomy or the views."""
+
+    def __init__(self, category_id: str) -> None:
+        super().__init__(category_id)
+        self.category_id = category_id
+
+    def __str__(self) -> str:
+        return (f"no category with id {self.category_id!r}; `clausewatch categories` lists "
+                "them")
+
+
+class UnknownClauseError(KeyError):
+    """No clause with this id has been recorded."""
+
+    def __init__(self, clause_id: str) -> None:
+        super().__init__(clause_id)
+        self.clause_id = clause_id
+
+    def __str__(self) -> str:
+        return (f"no clause with id {self.clause_id!r}; `clausewatch clauses DOCUMENT_ID` "
+                "lists a document's clauses")
+
+
+class NoTaxonomyError(RuntimeError):
+    """Classification was asked of a service built without a taxonomy."""
+
+    def __str__(self) -> str:
+        return "this service has no taxonomy: build it with open_service() or pass taxonomy="
 
 
 class UnknownDocumentError(KeyError):
@@ -66,7 +103,8 @@ class CheckOutcome:
 class ClauseWatch:
     """Turns fetch results into events and serves the read side."""
 
-    def __init__(self, store: Store, *, detection: DetectionSettings = DetectionSettings()) -> None:
+    def __init__(self, store: Store, *, detection: DetectionSettings = DetectionSettings(),
+                 taxonomy: Taxonomy | None = None) -> None:
         self.store = store
         self.app = store.app
         self.detection = detection
@@ -78,6 +116,16 @@ class ClauseWatch:
         self._loaded: dict[str, Document] = {}
         # With replicas, the leader's loop projects in batches instead of every poll.
         self.catch_up_after_save = True
+        self.use_taxonomy(taxonomy)
+
+    def use_taxonomy(self, taxonomy: Taxonomy | None) -> None:
+        """Classify added and reworded clauses with this taxonomy from now on (None: don't).
+
+        Clauses already recorded keep their categories until `reclassify`.
+        """
+        self.taxonomy = taxonomy
+        self.classify = clause_classifier(taxonomy) if taxonomy is not None else None
+        self.taxonomy_version = taxonomy_version(taxonomy) if taxonomy is not None else None
 
     # Writes ------------------------------------------------------------------------------
 
@@ -143,7 +191,7 @@ class ClauseWatch:
                                          select=doc.select, remove=doc.remove)
                 capture = aggregate.record_capture(
                     facts, extraction, policy=self.policy,
-                    threshold=self.detection.similarity_threshold)
+                    threshold=self.detection.similarity_threshold, classify=self.classify)
             started = time.perf_counter()
             self.app.save(aggregate)
             append_seconds = time.perf_counter() - started
@@ -164,6 +212,36 @@ class ClauseWatch:
         if self.catch_up_after_save:
             self.views.catch_up()
         return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=f"{kind}: {message}")
+
+    def reclassify(self, *, attempts: int = 3) -> dict[str, int]:
+        """Classify every document's current clauses with the taxonomy in use.
+
+        Appends one ClausesReclassified event per document whose clauses' categories differ
+        (history is never rewritten); returns, per document, how many clauses changed.
+        """
+        classify, version = self.classify, self.taxonomy_version
+        if classify is None or version is None:
+            raise NoTaxonomyError()
+        self.views.catch_up()
+        result: dict[str, int] = {}
+        for row in self.store.db.query("SELECT id FROM cw_documents ORDER BY id"):
+            document_id = row["id"]
+            for attempt in range(attempts):
+                with self._lock(document_id):
+                    aggregate = self._get(document_id)
+                    changed = aggregate.reclassify(classify, version)
+                    if not changed:
+                        break
+                    try:
+                        self.app.save(aggregate)
+                        break
+                    except IntegrityError:
+                        # A running daemon captured this document meanwhile: load it again.
+                        if attempt == attempts - 1:
+                            raise
+            result[document_id] = changed
+        self.views.catch_up()
+        return result
 
     def _take(self, document_id: str) -> Document:
         """The aggregate validators() loaded for this poll, or a fresh load."""
@@ -206,17 +284,248 @@ class ClauseWatch:
         sql += " ORDER BY CASE WHEN c.status = 'present' THEN 0 ELSE 1 END, c.position, c.id"
         return [_clause_row(r) for r in self.store.db.query(sql, (document_id,))]
 
-    def clause(self, clause_id: str) -> dict[str, Any]:
-        """One clause with its history of changes."""
-        rows = self.store.db.query(f"SELECT {CLAUSE_COLUMNS} FROM {_CLAUSES} WHERE c.id = ?",
-                                   (clause_id,))
+    def clause(self, clause_id: str, *,
+               peers_per_platform: int = PEERS_PER_PLATFORM) -> dict[str, Any]:
+        """One clause's record: its history, its categories with their rarity and the same
+        categories' clauses at other platforms, and its document's record."""
+        db = self.store.db
+        rows = db.query(f"SELECT {CLAUSE_COLUMNS}, d.platform AS platform FROM {_CLAUSES} "
+                        "WHERE c.id = ?", (clause_id,))
         if not rows:
-            raise KeyError(clause_id)
+            raise UnknownClauseError(clause_id)
         record = _clause_row(rows[0])
-        history = self.store.db.query("SELECT * FROM cw_changes WHERE clause = ? ORDER BY seq",
-                                      (clause_id,))
+        platform = rows[0]["platform"]
+        record["platform"] = platform
+        history = db.query("SELECT * FROM cw_changes WHERE clause = ? ORDER BY seq",
+                           (clause_id,))
         record["history"] = [_change_row(r) for r in history]
+        record["category_history"] = [_category_change_row(r) for r in db.query(
+            "SELECT * FROM cw_category_changes WHERE clause = ? ORDER BY seq", (clause_id,))]
+        record["document_record"] = self.document(record["document"])
+        watched = self._platforms_watched()
+        for category in record["categories"] or []:
+            category["rarity"] = self._rarity(category["id"], watched)
+            category["other_platforms"] = self._peers(category["id"], platform,
+                                                      peers_per_platform)
         return record
+
+    # Categories --------------------------------------------------------------------------
+
+    def categories(self) -> list[dict[str, Any]]:
+        """Every category: the taxonomy's, then any only older classifications used."""
+        db = self.store.db
+        watched = self._platforms_watched()
+        counts = {row["category"]: row for row in db.query(
+            """SELECT category, MIN(name) AS name, MIN(severity) AS severity,
+                      COUNT(DISTINCT platform) AS platforms,
+                      COUNT(DISTINCT document) AS documents, COUNT(*) AS clauses
+               FROM cw_clause_categories GROUP BY category""")}
+        result = []
+        known = self.taxonomy.categories if self.taxonomy is not None else ()
+        for category in known:
+            result.append(self._category_summary(category.id, counts.get(category.id),
+                                                 watched))
+        for category_id in sorted(set(counts) - {c.id for c in known}):
+            result.append(self._category_summary(category_id, counts[category_id], watched))
+        return result
+
+    def category(self, category_id: str) -> dict[str, Any]:
+        """One category: its rarity and, per platform and document, the clauses under it."""
+        db = self.store.db
+        rows = db.query(
+            """SELECT cc.category, cc.name, cc.severity, cc.confidence, cc.platform,
+                      cc.document, d.record_no AS document_no, d.title, c.id, c.record_no,
+                      c.text, c.section, c.first_seen, c.changes
+               FROM cw_clause_categories cc JOIN cw_clauses c ON c.id = cc.clause
+               JOIN cw_documents d ON d.id = cc.document
+               WHERE cc.category = ? ORDER BY cc.platform, cc.document, c.position, c.id""",
+            (category_id,))
+        in_taxonomy = self.taxonomy is not None and any(
+            c.id == category_id for c in self.taxonomy.categories)
+        if not rows and not in_taxonomy:
+            raise UnknownCategoryError(category_id)
+        summary_row = None
+        if rows:
+            summary_row = {"name": rows[0]["name"], "severity": rows[0]["severity"],
+                           "platforms": len({r["platform"] for r in rows}),
+                           "documents": len({r["document"] for r in rows}),
+                           "clauses": len(rows)}
+        summary = self._category_summary(category_id, summary_row, self._platforms_watched())
+        platforms: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            platform = platforms.setdefault(r["platform"], {"platform": r["platform"],
+                                                            "documents": {}})
+            doc = platform["documents"].setdefault(r["document"], {
+                "id": r["document"], "record_id": document_record_id(r["document_no"]),
+                "title": r["title"], "clauses": []})
+            doc["clauses"].append({
+                "id": r["id"], "record_id": clause_record_id(r["record_no"]),
+                "section": json.loads(r["section"]), "text": r["text"],
+                "confidence": r["confidence"], "first_seen": r["first_seen"],
+                "changes": r["changes"]})
+        summary["platforms_with_category"] = [
+            {"platform": p["platform"], "documents": list(p["documents"].values())}
+            for p in platforms.values()]
+        return summary
+
+    def _category_summary(self, category_id: str, counts: dict[str, Any] | None,
+                          watched: int) -> dict[str, Any]:
+        defined = None
+        if self.taxonomy is not None:
+            defined = next((c for c in self.taxonomy.categories if c.id == category_id), None)
+        platforms = int(counts["platforms"]) if counts else 0
+        return {
+            "id": category_id,
+            "name": defined.name if defined else (counts or {}).get("name", category_id),
+            "severity": defined.severity if defined else (counts or {}).get("severity"),
+            "description": defined.description if defined else None,
+            "regulations": list(defined.regulations) if defined else [],
+            "in_taxonomy": defined is not None,
+            "rarity": _rarity_text(platforms, watched),
+            "platforms": platforms, "platforms_watched": watched,
+            "documents": int(counts["documents"]) if counts else 0,
+            "clauses": int(counts["clauses"]) if counts else 0,
+        }
+
+    def _platforms_watched(self) -> int:
+        return int(self.store.db.scalar("SELECT COUNT(DISTINCT platform) FROM cw_documents")
+                   or 0)
+
+    def _rarity(self, category_id: str, watched: int) -> dict[str, Any]:
+        row = self.store.db.query(
+            """SELECT COUNT(DISTINCT platform) AS platforms, COUNT(DISTINCT document) AS
+                      documents, COUNT(*) AS clauses
+               FROM cw_clause_categories WHERE category = ?""", (category_id,))[0]
+        platforms = int(row["platforms"] or 0)
+        return {"text": _rarity_text(platforms, watched), "platforms": platforms,
+                "platforms_watched": watched, "documents": int(row["documents"] or 0),
+                "clauses": int(row["clauses"] or 0)}
+
+    def _peers(self, category_id: str, platform: str, per_platform: int) -> list[dict[str, Any]]:
+        """The category's clauses at other platforms, most confident first, current text."""
+        rows = self.store.db.query(
+            """SELECT cc.platform, cc.document, cc.confidence, d.title, d.record_no AS
+                      document_no, c.id, c.record_no, c.text, c.section, c.first_seen,
+                      c.changes
+               FROM cw_clause_categories cc JOIN cw_clauses c ON c.id = cc.clause
+               JOIN cw_documents d ON d.id = cc.document
+               WHERE cc.category = ? AND cc.platform <> ?
+               ORDER BY cc.platform, cc.confidence DESC, c.record_no""",
+            (category_id, platform))
+        peers: list[dict[str, Any]] = []
+        shown: dict[str, int] = {}
+        for r in rows:
+            if shown.get(r["platform"], 0) >= per_platform:
+                continue
+            shown[r["platform"]] = shown.get(r["platform"], 0) + 1
+            peers.append({
+                "platform": r["platform"], "document": r["document"],
+                "document_title": r["title"],
+                "document_record_id": document_record_id(r["document_no"]),
+                "clause": r["id"], "record_id": clause_record_id(r["record_no"]),
+                "section": json.loads(r["section"]), "text": r["text"],
+                "confidence": r["confidence"], "first_seen": r["first_seen"],
+                "changes": r["changes"]})
+        return peers
+
+    # Citations ---------------------------------------------------------------------------
+
+    def citation_record(self, clause_id: str, *, verify: bool = False,
+                        now: datetime | None = None) -> dict[str, Any]:
+        """What a citation of the clause needs: the clause, its document, the capture that
+        shows its current (or last) wording, and whether that capture's bytes still verify.
+
+        The verification is the last one recorded, made now if there is none or `verify`.
+        """
+        db = self.store.db
+        rows = db.query(f"SELECT {CLAUSE_COLUMNS}, c.last_sha256 FROM {_CLAUSES} "
+                        "WHERE c.id = ?", (clause_id,))
+        if not rows:
+            raise UnknownClauseError(clause_id)
+        row = rows[0]
+        clause = _clause_row(row)
+        document = self.document(clause["document"])
+        if clause["status"] == "present":
+            captures = db.query(
+                f"""SELECT * FROM cw_captures WHERE document = ? AND {_GOOD_CAPTURE}
+                    ORDER BY bytes_dropped, seq DESC LIMIT 1""", (clause["document"],))
+        else:
+            captures = db.query(
+                f"""SELECT * FROM cw_captures WHERE document = ? AND sha256 = ?
+                    AND {_GOOD_CAPTURE} ORDER BY seq DESC LIMIT 1""",
+                (clause["document"], row["last_sha256"]))
+        capture = _capture_row(captures[0]) if captures else None
+        verification = None
+        if capture is not None:
+            verification = self.capture_verification(capture["sha256"], recompute=verify,
+                                                     now=now)
+        return {
+            "record_id": clause["record_id"], "clause_id": clause["id"],
+            "entity": document["platform"],
+            "document": {k: document[k] for k in ("id", "record_id", "title", "url",
+                                                  "first_tracked", "last_verified",
+                                                  "last_updated")},
+            "section": clause["section"], "text": clause["text"], "status": clause["status"],
+            "first_seen": clause["first_seen"], "last_seen": clause["last_seen"],
+            # When the cited wording itself was first captured (its last rewording).
+            "wording_since": db.scalar(
+                "SELECT MAX(captured_at) FROM cw_changes WHERE clause = ? AND kind = 'modified'",
+                (clause_id,)) or clause["first_seen"],
+            "changes": clause["changes"],
+            "categories": [{k: c[k] for k in ("id", "name", "severity", "confidence")}
+                           for c in clause["categories"] or []],
+            "capture": capture, "verification": verification,
+        }
+
+    def capture_verification(self, sha256: str, *, recompute: bool = False,
+                             now: datetime | None = None) -> dict[str, Any]:
+        """Whether a capture's stored bytes still hash to `sha256`: the last recorded check,
+        or a new one (recorded) when there is none or `recompute`."""
+        db = self.store.db
+        if not recompute:
+            rows = db.query("SELECT * FROM cw_evidence_checks WHERE sha256 = ?", (sha256,))
+            if rows:
+                return _verification_row(rows[0], recomputed=False)
+        checked_at = iso(now or datetime.now(UTC))
+        dropped = db.scalar("SELECT MIN(bytes_dropped) FROM cw_captures WHERE sha256 = ?",
+                            (sha256,))
+        if dropped:
+            status, actual = "dropped", None
+        else:
+            result = self.store.evidence.verify(sha256)
+            status, actual = result.status, result.actual
+        db.execute("""INSERT INTO cw_evidence_checks (sha256, status, actual, checked_at)
+                      VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET
+                      status = excluded.status, actual = excluded.actual,
+                      checked_at = excluded.checked_at""",
+                   (sha256, status, actual, checked_at))
+        return _verification_row({"sha256": sha256, "status": status, "actual": actual,
+                                  "checked_at": checked_at}, recomputed=True)
+
+    # Export pages ------------------------------------------------------------------------
+
+    def clause_page(self, *, after_record_no: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Clauses of every document in record order, `limit` after a record number."""
+        rows = self.store.db.query(
+            f"""SELECT {CLAUSE_COLUMNS}, d.platform AS platform FROM {_CLAUSES}
+                WHERE c.record_no > ? ORDER BY c.record_no LIMIT {int(limit)}""",
+            (after_record_no,))
+        return [{**_clause_row(r), "platform": r["platform"], "record_no": r["record_no"]}
+                for r in rows]
+
+    def clause_category_rows(self, first_record_no: int,
+                             last_record_no: int) -> list[dict[str, Any]]:
+        """(clause, category) rows of present clauses numbered in [first, last]."""
+        rows = self.store.db.query(
+            """SELECT cc.category, cc.name, cc.severity, cc.confidence, cc.platform,
+                      cc.document, c.id AS clause, c.record_no
+               FROM cw_clause_categories cc JOIN cw_clauses c ON c.id = cc.clause
+               WHERE c.record_no BETWEEN ? AND ? ORDER BY c.record_no, cc.category""",
+            (first_record_no, last_record_no))
+        return [{"category": r["category"], "name": r["name"], "severity": r["severity"],
+                 "confidence": r["confidence"], "clause": r["clause"],
+                 "record_id": clause_record_id(r["record_no"]), "document": r["document"],
+                 "platform": r["platform"]} for r in rows]
 
     def changes(self, *, document: str | None = None, since: str | None = None,
                 kind: str | None = None, after_seq: int = 0,
@@ -263,6 +572,12 @@ class ClauseWatch:
         problems = []
         for row in rows:
             result = self.store.evidence.verify(row["sha256"])
+            self.store.db.execute(
+                """INSERT INTO cw_evidence_checks (sha256, status, actual, checked_at)
+                   VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET
+                   status = excluded.status, actual = excluded.actual,
+                   checked_at = excluded.checked_at""",
+                (row["sha256"], result.status, result.actual, iso(datetime.now(UTC))))
             if result.status != "ok":
                 problems.append({"sha256": row["sha256"], "document": row["document"],
                                  "captured_at": row["captured_at"], "status": result.status,
@@ -337,9 +652,29 @@ def stability(changes: int, months: int) -> str:
     return "volatile" if changes >= 2 and changes * 6 > max(months, 1) else "stable"
 
 
+def document_record_id(record_no: int) -> str:
+    """The stable, human-readable id of a document's record: CW-D-00033."""
+    return f"CW-D-{record_no:05d}"
+
+
+def clause_record_id(record_no: int) -> str:
+    """The stable, human-readable id of a clause's record: CW-P-000305."""
+    return f"CW-P-{record_no:06d}"
+
+
+def _rarity_text(platforms: int, watched: int) -> str:
+    return f"{platforms} of {watched} platform{'' if watched == 1 else 's'}"
+
+
+def max_severity(categories: list[dict[str, Any]] | None) -> str | None:
+    """The most severe of a clause's categories, or None."""
+    levels = [c["severity"] for c in categories or [] if c.get("severity") in SEVERITIES]
+    return max(levels, key=SEVERITIES.index) if levels else None
+
+
 def _document_row(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": row["id"], "record_id": f"CW-D-{row['record_no']:05d}",
+        "id": row["id"], "record_id": document_record_id(row["record_no"]),
         "platform": row["platform"], "title": row["title"], "url": row["url"],
         "first_tracked": row["first_tracked"], "last_verified": row["last_verified"],
         "last_updated": row["last_updated"], "last_captured": row["last_captured"],
@@ -352,12 +687,13 @@ def _document_row(row: dict[str, Any]) -> dict[str, Any]:
 def _clause_row(row: dict[str, Any]) -> dict[str, Any]:
     months = months_between(row["first_seen"], row["last_seen"])
     return {
-        "id": row["id"], "record_id": f"CW-P-{row['record_no']:06d}",
+        "id": row["id"], "record_id": clause_record_id(row["record_no"]),
         "document": row["document"], "section": json.loads(row["section"]),
         "text": row["text"], "kind": row["kind"], "first_seen": row["first_seen"],
         "last_seen": row["last_seen"], "changes": row["changes"], "months_monitored": months,
         "stability": stability(row["changes"], months), "status": row["status"],
         "position": row["position"],
+        "categories": json.loads(row["categories"]) if row["categories"] else None,
     }
 
 
@@ -368,7 +704,28 @@ def _change_row(row: dict[str, Any]) -> dict[str, Any]:
         "before": row["before"], "after": row["after"], "patch": row["patch"],
         "similarity": row["similarity"], "captured_at": row["captured_at"],
         "sha256": row["sha256"],
+        "categories_before": _ids(row["categories_before"]),
+        "categories_after": _ids(row["categories_after"]),
     }
+
+
+def _ids(categories: str | None) -> list[str] | None:
+    """The category ids of a stored JSON list (None: not classified)."""
+    return None if categories is None else [c["id"] for c in json.loads(categories)]
+
+
+def _category_change_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": row["seq"], "at": row["at"], "cause": row["cause"],
+        "taxonomy_version": row["taxonomy_version"],
+        "added": json.loads(row["added"]), "removed": json.loads(row["removed"]),
+        "before": _ids(row["before"]), "after": _ids(row["after"]),
+    }
+
+
+def _verification_row(row: dict[str, Any], *, recomputed: bool) -> dict[str, Any]:
+    return {"sha256": row["sha256"], "status": row["status"], "verifies": row["status"] == "ok",
+            "actual": row["actual"], "checked_at": row["checked_at"], "recomputed": recomputed}
 
 
 def _capture_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Severity = Literal["low", "medium", "high", "critical"]
 SpanKind = Literal["phrase", "pattern", "require"]
@@ -313,3 +316,48 @@ def _strength(rule: Rule, kept: list[Span], corroborated: bool) -> float:
     # A regex or phrase confirmed by a required term in the same sentence is fully trusted.
     corroboration = 1.0 if corroborated else 0.9
     return round(rule.weight * specificity * corroboration, 3)
+
+
+# What the Document aggregate records for a clause: one dict per category, most confident first.
+ClauseCategories = list[dict[str, Any]]
+
+
+def clause_classifier(taxonomy: Taxonomy) -> Callable[[str], ClauseCategories]:
+    """A function giving a clause's categories as plain dicts, the shape stored in events.
+
+    Each dict holds id, name, severity, confidence and the ids of the rules that fired (how
+    the clause was classified); lists, not tuples, so a stored event compares equal to a
+    fresh classification.
+    """
+
+    def categories(text: str) -> ClauseCategories:
+        return [
+            {
+                "id": match.category_id,
+                "name": match.name,
+                "severity": match.severity,
+                "confidence": match.confidence,
+                "rules": [hit.rule_id for hit in match.evidence],
+            }
+            for match in classify(taxonomy, text)
+        ]
+
+    return categories
+
+
+def taxonomy_version(taxonomy: Taxonomy) -> str:
+    """A short fingerprint of what the taxonomy decides: equal taxonomies, equal versions."""
+    canonical = [
+        {
+            "id": c.id, "name": c.name, "severity": c.severity,
+            "regulations": list(c.regulations),
+            "rules": [
+                {"id": r.id, "phrases": list(r.phrases), "patterns": list(r.patterns),
+                 "require": list(r.require), "exclude": list(r.exclude), "weight": r.weight}
+                for r in c.rules
+            ],
+        }
+        for c in taxonomy.categories
+    ]
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    return f"tx-{digest[:12]}"

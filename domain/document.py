@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from eventsourcing.domain import Aggregate
 
-from domain.clauses import Clause, align
+from domain.clauses import ADDED, REMOVED, Clause, align
 from domain.extract import Extraction
 from domain.normalize import sha256_hex
 from domain.suspect import SuspectPolicy, assess
@@ -19,6 +20,12 @@ _NAMESPACE = uuid.UUID("5b0c6f8e-3f4e-4f0e-9a57-63a1c1a0c2de")
 
 # Outcomes of a capture, as recorded in DocumentCaptured.outcome.
 BASELINE, UNCHANGED, CHANGED, SUSPECT = "baseline", "unchanged", "changed", "suspect"
+
+# A clause's text -> its categories: [{"id", "name", "severity", "confidence", "rules"}], most
+# confident first (domain.classify.clause_classifier builds one from a taxonomy). In events a
+# clause's categories are that list, or None for clauses recorded before clauses were
+# classified (or by a service without a taxonomy).
+ClauseClassifier = Callable[[str], list[dict[str, Any]]]
 
 
 def document_uuid(slug: str) -> uuid.UUID:
@@ -55,6 +62,16 @@ class CaptureResult:
 class Document(Aggregate, created_event_name="DocumentRegistered"):
     """A watched document: its current clauses and the facts of its captures."""
 
+    # v2: each clause dict holds "categories"; the taxonomy version of the last reclassify.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot taken before clauses were classified: every clause unclassified."""
+        for clause in state.get("clauses") or []:
+            clause.setdefault("categories", None)
+        state.setdefault("taxonomy_version", None)
+
     class DocumentRegistered(Aggregate.Created):
         slug: str
         platform: str
@@ -67,6 +84,7 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
         self.title = title
         self.url = url
         self.clauses: list[dict[str, Any]] = []
+        self.taxonomy_version: str | None = None
         self.text_sha256: str | None = None
         self.text_length = 0
         self.last_sha256: str | None = None
@@ -100,8 +118,14 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
         *,
         policy: SuspectPolicy = SuspectPolicy(),
         threshold: float = 0.5,
+        classify: ClauseClassifier | None = None,
     ) -> CaptureResult:
-        """Record a fetched page; `extraction` is None when its bytes equal the last capture's."""
+        """Record a fetched page; `extraction` is None when its bytes equal the last capture's.
+
+        With `classify`, added and reworded clauses get their categories; a clause whose text
+        did not change keeps the categories it had (a new taxonomy applies to those through
+        `reclassify`, so that a change of category is never mistaken for a change of text).
+        """
         if extraction is None:
             if facts.sha256 != self.last_sha256 or self.last_outcome is None:
                 raise ValueError("extraction may only be skipped for the last capture's bytes")
@@ -125,16 +149,24 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
             return CaptureResult(outcome=UNCHANGED)
 
         capture_no = self.captures + 1
+        old = {} if baseline else {c["id"]: c for c in self.clauses}
         alignment = align(
-            [Clause(**c) for c in self.clauses] if not baseline else [],
+            [Clause(id=c["id"], text=c["text"], section=c["section"], kind=c["kind"])
+             for c in old.values()],
             extraction.blocks,
             new_id=lambda index: _clause_id(self.slug, capture_no, index),
             threshold=threshold,
         )
-        clauses = [
-            {"id": c.id, "text": c.text, "section": list(c.section), "kind": c.kind}
-            for c in alignment.clauses
-        ]
+        clauses = []
+        for c in alignment.clauses:
+            kept = old.get(c.id)
+            if kept is not None and kept["text"] == c.text:
+                categories = kept.get("categories")
+            else:
+                categories = classify(c.text) if classify is not None else None
+            clauses.append({"id": c.id, "text": c.text, "section": list(c.section),
+                            "kind": c.kind, "categories": categories})
+        new = {c["id"]: c for c in clauses}
         if baseline:
             self._captured(facts, outcome=BASELINE, reason=None, text_sha256=text_sha256,
                            text_length=len(extraction.text), clause_count=len(clauses),
@@ -158,9 +190,30 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
                 position=edit.position,
                 captured_at=facts.captured_at,
                 sha256=facts.sha256,
+                categories_before=None if edit.kind == ADDED
+                else old[edit.clause_id].get("categories"),
+                categories_after=None if edit.kind == REMOVED
+                else new[edit.clause_id]["categories"],
             )
         return CaptureResult(outcome=CHANGED, changes=len(alignment.edits),
                              kinds=tuple(e.kind for e in alignment.edits))
+
+    def reclassify(self, classify: ClauseClassifier, taxonomy_version: str) -> int:
+        """Classify the current clauses again (after a taxonomy change); returns how many changed.
+
+        One ClausesReclassified event lists the clauses whose categories differ, before and
+        after: history is appended to, never rewritten. Nothing is recorded if none differ.
+        """
+        changed = []
+        for clause in self.clauses:
+            before = clause.get("categories")
+            after = classify(clause["text"])
+            if after != before:
+                changed.append({"id": clause["id"], "before": before, "after": after})
+        if changed:
+            self.trigger_event(self.ClausesReclassified, taxonomy_version=taxonomy_version,
+                               clauses=changed)
+        return len(changed)
 
     def record_not_modified(self, *, captured_at: datetime, requested_url: str,
                             final_url: str) -> CaptureResult:
@@ -218,8 +271,18 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
         """A page was fetched (or verified by a 304) and compared with the last good version.
 
         `clauses` holds the whole new clause list when the text changed (or at the baseline),
-        so the aggregate never needs the page again; it is None otherwise.
+        so the aggregate never needs the page again; it is None otherwise. Each clause is
+        {id, text, section, kind, categories}.
         """
+
+        # v2: each clause carries its categories (None: recorded before classification).
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Clauses captured before classification existed are unclassified, not empty."""
+            for clause in state.get("clauses") or []:
+                clause.setdefault("categories", None)
 
         captured_at: datetime
         requested_url: str
@@ -268,7 +331,14 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
             document.consecutive_failures += 1
 
     class ClauseChanged(Aggregate.Event):
-        """One clause was added, removed, modified or moved by the preceding capture."""
+        """One clause was added, removed, modified or moved by the preceding capture.
+
+        `categories_before` / `categories_after` are the clause's categories on each side
+        (None where there is no such side, or the clause was not classified).
+        """
+
+        # v2: the categories on each side of the change.
+        class_version = 2
 
         clause_id: str
         kind: str
@@ -280,6 +350,32 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
         position: int
         captured_at: datetime
         sha256: str
+        categories_before: list[dict[str, Any]] | None
+        categories_after: list[dict[str, Any]] | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """A change recorded before classification: no categories on either side."""
+            state.setdefault("categories_before", None)
+            state.setdefault("categories_after", None)
+
+    class ClausesReclassified(Aggregate.Event):
+        """The current clauses were classified again; `clauses` lists those that changed.
+
+        Each entry is {id, before, after}, categories as in DocumentCaptured.clauses.
+        """
+
+        taxonomy_version: str
+        clauses: list[dict[str, Any]]
+
+        def apply(self, document: Document) -> None:
+            after = {entry["id"]: entry["after"] for entry in self.clauses}
+            document.clauses = [
+                {**clause, "categories": after[clause["id"]]} if clause["id"] in after
+                else clause
+                for clause in document.clauses
+            ]
+            document.taxonomy_version = self.taxonomy_version
 
 
 def _clause_id(slug: str, capture_no: int, index: int) -> str:

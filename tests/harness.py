@@ -25,6 +25,7 @@ from daemon.check import client_session, poll
 from daemon.fetcher import Fetcher
 from daemon.service import ClauseWatch
 from daemon.store import open_store
+from domain.classify import Taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
 # The trimmed copy the tests use, so that a fresh clone gives the same results everywhere.
@@ -213,15 +214,18 @@ class Step:
 
 async def replay(server: PageServer, versions: list[Version], doc: DocumentSettings,
                  data_dir: Path, *, store: StoreSettings | None = None,
+                 taxonomy: Taxonomy | None = None, service: ClauseWatch | None = None,
                  ) -> tuple[list[Step], ClauseWatch]:
     """Serve each version in turn at the document's URL and run one check after each.
 
     The fetcher's clock reads the version's capture time, so the views carry the corpus's
     dates. Returns the steps and the (still open) service; close its store when done.
+    Pass `service` to replay several documents into one store.
     """
     path = doc.url.removeprefix(server.url(""))
-    opened = open_store(store or StoreSettings(url="memory:"), data_dir)
-    service = ClauseWatch(opened)
+    if service is None:
+        opened = open_store(store or StoreSettings(url="memory:"), data_dir)
+        service = ClauseWatch(opened, taxonomy=taxonomy)
     await asyncio.to_thread(service.sync_documents, [doc])
     now: list[datetime] = []
     steps: list[Step] = []

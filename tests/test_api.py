@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from helpers.notify_kit import settings
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,6 +23,7 @@ from daemon.api import build_api
 from daemon.feeds import atom_feed
 from daemon.fetcher import FetchResult
 from daemon.metrics import Metrics
+from daemon.notifications import Notifications, add_routes
 from daemon.service import ClauseWatch
 from daemon.store import open_store
 
@@ -504,7 +506,21 @@ async def test_unexpected_errors_are_logged_not_shown(start: Start, tmp_path: Pa
         store.app.close()
 
 
-async def test_openapi_describes_every_route(client: TestClient[Any, Any]) -> None:
+async def test_openapi_describes_every_route(service: ClauseWatch, metrics: Metrics,
+                                             readiness: Readiness, tmp_path: Path) -> None:
+    # The app as the runtime serves it: the read API plus the deliveries routes.
+    app = build_api(service, registry=metrics.registry, readiness=readiness)
+    notify_settings = settings(tmp_path, StoreSettings(url=f"sqlite:///{tmp_path}/events.db"))
+    add_routes(app, Notifications(service.store, notify_settings, metrics, {}))
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        await _openapi_matches_routes(client)
+    finally:
+        await client.close()
+
+
+async def _openapi_matches_routes(client: TestClient[Any, Any]) -> None:
     spec = await get_json(client, "/api/v1/openapi.json")
     assert spec["openapi"].startswith("3.1")
     served = {(resource.canonical, route.method.lower())

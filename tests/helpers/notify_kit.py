@@ -31,6 +31,7 @@ from config.settings import (
     StoreSettings,
     SubscriptionSettings,
 )
+from config.taxonomy import load_taxonomy
 from daemon.fetcher import FetchResult
 from daemon.service import ClauseWatch
 from daemon.store import Store, open_store
@@ -80,7 +81,8 @@ class Capturer:
     """Records real captures through the application service, each one changing clauses."""
 
     def __init__(self, store: Store) -> None:
-        self.service = ClauseWatch(store)
+        # The packaged taxonomy: categories travel in the events to the alerts.
+        self.service = ClauseWatch(store, taxonomy=load_taxonomy())
         self.service.sync_documents(DOCUMENTS)
         self.texts: dict[str, list[str]] = {d.id: [_clause(d.id, n) for n in range(8)]
                                             for d in DOCUMENTS}

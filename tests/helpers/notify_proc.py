@@ -54,8 +54,7 @@ def main(argv: list[str]) -> int:
         if args.init:
             capturer.baseline(at=datetime.now(UTC))
         notifications = Notifications(store, cfg, Metrics(), ENVIRON, policy=policy,
-                                      lease=spec.get("lease", 2.0), owner=f"proc-{os.getpid()}",
-                                      use_taxonomy=False)
+                                      lease=spec.get("lease", 2.0), owner=f"proc-{os.getpid()}")
         if args.init:
             print("initialised", flush=True)
             return 0

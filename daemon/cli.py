@@ -13,7 +13,13 @@ from typing import Any, Iterator
 
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
-from daemon.service import ClauseWatch, UnknownDocumentError
+from daemon.service import (
+    ClauseWatch,
+    NoTaxonomyError,
+    UnknownCategoryError,
+    UnknownClauseError,
+    UnknownDocumentError,
+)
 from daemon.bootstrap import migrate_store, open_service
 from daemon.schema import SchemaError
 from daemon.store import StoreError
@@ -60,6 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-ota", help="print [[documents]] entries for Open Terms Archive "
                        "declarations")
     p.add_argument("declarations", type=Path, metavar="DECLARATIONS_DIR")
+    p = command("cite", "print a clause's citation record (with whether its snapshot "
+                "still verifies)")
+    p.add_argument("clause", metavar="CLAUSE_ID")
+    p.add_argument("--format", choices=("text", "json", "csl"), default="text",
+                   help="plain text (default), JSON, or CSL-JSON for reference managers")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash the snapshot now instead of showing the last check")
+    p = command("categories", "list the taxonomy's categories with how rare each is, or "
+                "one category's clauses per platform")
+    p.add_argument("category", nargs="?", metavar="CATEGORY_ID")
+    p.add_argument("--json", action="store_true")
+    p = command("reclassify", "classify every document's current clauses with the "
+                "configured taxonomy (appends events; history is kept)")
+    p.add_argument("--json", action="store_true")
+    p = command("export", "write documents, clauses, changes and categories as JSON Lines "
+                "and CSV")
+    p.add_argument("--out", type=Path, default=Path("clausewatch-export"), metavar="DIR",
+                   help="the folder to write into (default: ./clausewatch-export)")
+    p.add_argument("--format", action="append", choices=("jsonl", "csv"), default=None,
+                   help="only this format (repeatable; default: both)")
     p = command("gc", "apply the evidence retention policy")
     p = command("rebuild", "rebuild the read views from the event log")
     st = sub.add_parser("store", help="event store schema: init, migrate, status")
@@ -101,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, SchemaError) as exc:
         print(f"clausewatch: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except UnknownDocumentError as exc:
+    except (UnknownDocumentError, UnknownClauseError, UnknownCategoryError,
+            NoTaxonomyError) as exc:
         print(f"clausewatch: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -208,6 +235,77 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def _cite(args: argparse.Namespace) -> int:
+    from daemon.citation import citation_csl, citation_json, citation_text
+
+    with _service(load_settings(args.config)) as service:
+        record = service.citation_record(args.clause, verify=args.verify)
+    if args.format == "json":
+        _print_json(citation_json(record))
+    elif args.format == "csl":
+        _print_json(citation_csl(record))
+    else:
+        sys.stdout.write(citation_text(record))
+    verification = record["verification"]
+    return EXIT_FAILED if verification is not None and verification["status"] in (
+        "mismatch", "missing", "unreadable") else EXIT_OK
+
+
+def _categories(args: argparse.Namespace) -> int:
+    with _service(load_settings(args.config)) as service:
+        if args.category:
+            category = service.category(args.category)
+        else:
+            rows = service.categories()
+    if args.category:
+        if args.json:
+            _print_json(category)
+            return EXIT_OK
+        print(f"{category['id']}: {category['name']} ({category['severity']}), "
+              f"{category['rarity']}, {category['clauses']} clause(s)")
+        for platform in category["platforms_with_category"]:
+            print(f"  {platform['platform']}")
+            for doc in platform["documents"]:
+                print(f"    {doc['id']} ({doc['record_id']})")
+                for clause in doc["clauses"]:
+                    print(f"      {clause['record_id']} {clause['id']}  "
+                          f"confidence {clause['confidence']:.2f}\n"
+                          f"        {clause['text'][:160]}")
+        return EXIT_OK
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['id']:28} {r['severity'] or '-':8} {r['rarity']:>18}  "
+                  f"documents={r['documents']} clauses={r['clauses']}  {r['name']}")
+    return EXIT_OK
+
+
+def _reclassify(args: argparse.Namespace) -> int:
+    with _service(load_settings(args.config)) as service:
+        changed = service.reclassify()
+        version = service.taxonomy_version
+    if args.json:
+        _print_json({"taxonomy_version": version, "documents": changed})
+    else:
+        for document_id, count in changed.items():
+            print(f"{document_id}: {count} clause(s) reclassified")
+        print(f"taxonomy {version}: {sum(changed.values())} clause(s) in "
+              f"{sum(1 for n in changed.values() if n)} document(s) changed categories")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from daemon.export import FORMATS, export
+
+    with _service(load_settings(args.config)) as service:
+        counts = export(service, args.out, formats=args.format or FORMATS)
+    for table, count in counts.items():
+        print(f"{table}: {count} row(s)")
+    print(f"written to {args.out}")
+    return EXIT_OK
+
+
 def _gc(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     with _service(settings) as service:
@@ -287,7 +385,10 @@ def _store(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from daemon.bootstrap import load_checked_taxonomy
+
     settings = load_settings(args.config)
+    taxonomy = load_checked_taxonomy(settings)
     print(f"{settings.path}: OK")
     print(f"  data_dir: {settings.data_dir}")
     print(f"  store: {settings.store.url.split('@')[-1]}")
@@ -296,6 +397,8 @@ def _config_check(args: argparse.Namespace) -> int:
         print(f"    {d.id}: every {settings.interval_of(d):g}s, {d.url}")
     print(f"  channels: {len(settings.channels)}; subscriptions: {len(settings.subscriptions)}")
     print(f"  http: {settings.http.listen}")
+    print(f"  taxonomy: {settings.taxonomy or 'packaged'} "
+          f"({len(taxonomy.categories)} categories)")
     return EXIT_OK
 
 
@@ -327,7 +430,8 @@ def _version() -> str:
 _HANDLERS = {
     "check": _check, "documents": _documents, "clauses": _clauses, "changes": _changes,
     "verify": _verify, "gc": _gc, "rebuild": _rebuild, "run": _run, "reload": _reload,
-    "demo": _demo, "import-ota": _import_ota,
+    "demo": _demo, "import-ota": _import_ota, "cite": _cite, "categories": _categories,
+    "reclassify": _reclassify, "export": _export,
 }
 
 

@@ -25,7 +25,7 @@ from daemon.notifications import Notifications, add_routes
 from daemon.scheduler import PollQueue, PollScheduler
 from daemon.service import CheckOutcome, ClauseWatch
 from daemon.sql import Database
-from daemon.bootstrap import open_service
+from daemon.bootstrap import load_checked_taxonomy, open_service
 from daemon.systemd import SystemdNotifier
 
 log = logging.getLogger("clausewatch.daemon")
@@ -236,11 +236,17 @@ class Daemon:
         self.systemd.reloading()
         try:
             fresh = await asyncio.to_thread(load_settings, self.settings.path)
+            taxonomy = await asyncio.to_thread(load_checked_taxonomy, fresh)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.systemd.ready("reload refused: config error")
             return False
         assert self.service is not None
+        old = self.service.taxonomy_version
+        self.service.use_taxonomy(taxonomy)
+        if self.service.taxonomy_version != old:
+            log.info("taxonomy changed (%s -> %s): run `clausewatch reclassify`",
+                     old, self.service.taxonomy_version)
         await asyncio.to_thread(self.service.sync_documents, fresh.documents)
         self.settings = fresh
         if self.notifications is not None:

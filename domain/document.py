@@ -151,7 +151,7 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):
         capture_no = self.captures + 1
         old = {} if baseline else {c["id"]: c for c in self.clauses}
         alignment = align(
-            [Clause(id=c["id"], text=c["text"], section=c["section"], kind=c["kind"])
+            [Clause(id=c["id"], text=c["text"], section=tuple(c["section"]), kind=c["kind"])
              for c in old.values()],
             extraction.blocks,
             new_id=lambda index: _clause_id(self.slug, capture_no, index),

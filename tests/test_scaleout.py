@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -23,21 +24,31 @@ REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = 300
 INTERVAL = 12.0
 LEASE = 5.0
+SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+CHANGED = [f"{n:03d}" for n in range(0, DOCUMENTS, 10)]  # 30 documents change twice
 
 
 class CountingServer:
-    """300 policy pages; remembers when each one was fetched."""
+    """300 policy pages that remember when each was fetched, and a webhook receiver."""
 
     def __init__(self) -> None:
         self.fetches: dict[str, list[float]] = defaultdict(list)
+        self.versions: dict[str, int] = defaultdict(int)
+        self.hooks: dict[str, set[bytes]] = defaultdict(set)
         self.server: TestServer | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.fetches[name].append(time.monotonic())
+        extra = "".join(f"<p>Update {v} of document {name}.</p>"
+                        for v in range(1, self.versions[name] + 1))
         return web.Response(text=f"<html><body><main><h1>Policy {name}</h1><p>We collect the "
-                                 f"data of document {name}.</p></main></body></html>",
+                                 f"data of document {name}.</p>{extra}</main></body></html>",
                             content_type="text/html")
+
+    async def hook(self, request: web.Request) -> web.Response:
+        self.hooks[request.headers["webhook-id"]].add(await request.read())
+        return web.Response(status=204)
 
 
 @pytest.fixture
@@ -45,6 +56,7 @@ async def pages() -> AsyncIterator[CountingServer]:
     counting = CountingServer()
     app = web.Application()
     app.router.add_get("/doc/{name}", counting.handle)
+    app.router.add_post("/hook", counting.hook)
     counting.server = TestServer(app, host="127.0.0.1")
     await counting.server.start_server()
     yield counting
@@ -66,6 +78,9 @@ def config_text(base_url: str, url: str, schema: str, port: int, data_dir: Path)
         "[fetch]", 'timeout = "3s"', "retries = 0", 'per_host_delay = "0s"', "robots = false",
         "concurrency = 16", "per_host_concurrency = 16",
         "[http]", f'listen = "127.0.0.1:{port}"',
+        "[[channels]]", 'id = "hook"', 'type = "webhook"', f'url = "{base_url}/hook"',
+        'secret_env = "SCALEOUT_HOOK_SECRET"',
+        "[[subscriptions]]", 'id = "everything"', 'channels = ["hook"]',
     ]
     for n in range(DOCUMENTS):
         lines += ["[[documents]]", f'id = "acme/doc-{n:03d}"', 'platform = "Acme"',
@@ -80,7 +95,8 @@ async def start_replica(tmp: Path, name: str, text: str) -> asyncio.subprocess.P
     log = (tmp / f"{name}.log").open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon.cli", "run", "-c", str(config), cwd=str(REPO),
-        stdout=log, stderr=log, env={**os.environ, "CLAUSEWATCH_REPLICA_ID": name})
+        stdout=log, stderr=log, env={**os.environ, "CLAUSEWATCH_REPLICA_ID": name,
+                                     "SCALEOUT_HOOK_SECRET": SECRET})
     log.close()
     return process
 
@@ -114,14 +130,19 @@ async def test_three_replicas_share_the_work_and_survive_a_kill(
             await ready(port)
         started = time.monotonic()
 
-        # Several intervals with all three replicas up.
-        await asyncio.sleep(3 * INTERVAL)
+        # Several intervals with all three replicas up; 30 documents change once.
+        await asyncio.sleep(1.5 * INTERVAL)
+        for name in CHANGED:
+            pages.versions[name] += 1
+        await asyncio.sleep(1.5 * INTERVAL)
         killed_at = time.monotonic()
         victim, _ = replicas["r2"]
         victim.send_signal(signal.SIGKILL)
         await victim.wait()
 
-        # Two more intervals plus one lease with two replicas.
+        # Two more intervals plus one lease with two replicas; the 30 change again.
+        for name in CHANGED:
+            pages.versions[name] += 1
         await asyncio.sleep(2 * INTERVAL + LEASE)
         ended = time.monotonic()
         for name, (process, _) in replicas.items():
@@ -182,3 +203,11 @@ async def test_three_replicas_share_the_work_and_survive_a_kill(
         # A fetch the killed replica made but never recorded is the only allowed gap.
         assert fetched - 1 <= recorded <= fetched, (name, fetched, recorded)
     assert {"r1", "r3"} <= replicas_seen
+
+    # Every change alerted once: 60 webhook-ids, one body each (a re-send after the kill may
+    # repeat an id, never with other content), and no alert for an unchanged document.
+    assert all(len(bodies) == 1 for bodies in pages.hooks.values()), \
+        [k for k, v in pages.hooks.items() if len(v) > 1]
+    alerted = [json.loads(next(iter(b)))["documents"][0]["id"]
+               for b in pages.hooks.values()]
+    assert sorted(alerted) == sorted(f"acme/doc-{n}" for n in CHANGED for _ in range(2))

@@ -70,9 +70,9 @@ def align(
 
     # 1. Unchanged clauses: the longest common subsequence of identical texts.
     matcher = SequenceMatcher(None, old_texts, new_texts, autojunk=False)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            pairs[block.b + k] = block.a + k
+    for run in matcher.get_matching_blocks():
+        for k in range(run.size):
+            pairs[run.b + k] = run.a + k
     anchored = set(pairs)
 
     # 2. Moved clauses: identical text left over on both sides, paired in order.
@@ -99,12 +99,13 @@ def align(
     clauses: list[Clause] = []
     edits: list[ClauseEdit] = []
     for j, block in enumerate(new):
-        i = pairs.get(j)
-        if i is None:
+        paired = pairs.get(j)
+        if paired is None:
             clause = Clause(id=new_id(j), text=block.text, section=block.section, kind=block.kind)
             edits.append(ClauseEdit(clause_id=clause.id, kind=ADDED, section=block.section,
                                     before=None, after=block.text, position=j))
         else:
+            i = paired
             clause = Clause(id=old[i].id, text=block.text, section=block.section, kind=block.kind)
             if j in modified:
                 diff = text_diff(old[i].text, block.text)

@@ -59,7 +59,7 @@ class CaptureResult:
     kinds: tuple[str, ...] = ()
 
 
-class Document(Aggregate, created_event_name="DocumentRegistered"):
+class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ignore[call-arg]
     """A watched document: its current clauses and the facts of its captures."""
 
     # v2: each clause dict holds "categories"; the taxonomy version of the last reclassify.

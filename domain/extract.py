@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,10 +122,9 @@ def extract_html(html: str, *, select: Selector | None = None,
     except (etree.ParserError, ValueError):
         return Extraction(blocks=(), selection_matched=select is None,
                           warnings=("the page could not be parsed as HTML",))
-    # lxml builds element proxies on demand and id() is only stable while one is alive:
-    # hold them all for the length of the walk.
-    alive = list(root.iter())
-    order = _document_order(root)
+    # Marks are keyed by the element proxies themselves: holding them keeps each proxy (and
+    # so its identity) alive for the walk. Document order is only needed by range selectors.
+    order = _DocumentOrder(root)
     keep = _Marks()
     selection_matched = True
     if select is not None:
@@ -132,9 +132,12 @@ def extract_html(html: str, *, select: Selector | None = None,
     drop = _Marks()
     if remove is not None:
         drop.add_all(root, order, remove)
-    walker = _Walker(keep if select is not None else None, drop)
+    # With CSS selections only, a subtree holding no selected element adds no text: the walk
+    # skips it instead of visiting every element of the page.
+    around = keep.ancestors() if select is not None and not keep.ranges and not drop.ranges \
+        else None
+    walker = _Walker(keep if select is not None else None, drop, around=around)
     blocks = tuple(walker.walk(root))
-    del alive
     return Extraction(blocks=blocks, selection_matched=selection_matched)
 
 
@@ -194,21 +197,33 @@ def _looks_like_html(body: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html"))
 
 
-def _document_order(root: Any) -> dict[tuple[int, str], int]:
-    """Number every start and end point of every element in document order."""
-    order: dict[tuple[int, str], int] = {}
-    for n, (event, element) in enumerate(etree.iterwalk(root, events=("start", "end"))):
-        order[(id(element), event)] = n
-    return order
+class _DocumentOrder:
+    """Every start and end point of every element, numbered in document order on first use."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self._order: dict[tuple[Any, str], int] | None = None
+
+    def __getitem__(self, key: tuple[Any, str]) -> int:
+        if self._order is None:
+            walk = etree.iterwalk(self.root, events=("start", "end"))
+            self._order = {(element, event): n for n, (event, element) in enumerate(walk)}
+        return self._order[key]
 
 
 def _compile(css: str, declaration: object) -> CSSSelector:
     if not isinstance(css, str) or not css.strip():
         raise SelectorError(declaration, "a selector must be a non-empty CSS selector string")
     try:
-        return CSSSelector(css)
+        return _compiled(css)
     except (CssSyntaxError, etree.XPathError) as exc:
         raise SelectorError(declaration, f"invalid CSS selector {css!r}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(css: str) -> CSSSelector:
+    # Documents are polled again and again with the same few selectors: translate each once.
+    return CSSSelector(css)
 
 
 def _first(root: Any, css: str, declaration: object) -> Any | None:
@@ -217,12 +232,24 @@ def _first(root: Any, css: str, declaration: object) -> Any | None:
 
 
 class _Marks:
-    """Points where a selection starts (+1) or ends (-1), keyed by (element id, event)."""
+    """Points where a selection starts (+1) or ends (-1), keyed by (element, event)."""
 
     def __init__(self) -> None:
-        self.deltas: dict[tuple[int, str], int] = {}
+        self.deltas: dict[tuple[Any, str], int] = {}
+        self.elements: list[Any] = []  # the elements selected whole by a CSS selector
+        self.ranges = 0
 
-    def add_all(self, root: Any, order: Mapping[tuple[int, str], int], selector: object) -> bool:
+    def ancestors(self) -> set[Any]:
+        """Every element above a selected one: the only places a selection can start."""
+        found: set[Any] = set()
+        for element in self.elements:
+            parent = element.getparent()
+            while parent is not None and parent not in found:
+                found.add(parent)
+                parent = parent.getparent()
+        return found
+
+    def add_all(self, root: Any, order: _DocumentOrder, selector: object) -> bool:
         """Add every part of a selector; True if any part matched."""
         parts: Iterable[object]
         if isinstance(selector, (str, Mapping)):
@@ -235,6 +262,7 @@ class _Marks:
         for part in parts:
             if isinstance(part, str):
                 for element in _compile(part, part)(root):
+                    self.elements.append(element)
                     self._mark(element, "start", +1)
                     self._mark(element, "end", -1)
                     matched = True
@@ -244,7 +272,7 @@ class _Marks:
                 raise SelectorError(part, "expected a CSS string or a range table")
         return matched
 
-    def _add_range(self, root: Any, order: Mapping[tuple[int, str], int],
+    def _add_range(self, root: Any, order: _DocumentOrder,
                    declaration: Mapping[str, str]) -> bool:
         spec = {_RANGE_KEYS.get(key, key): value for key, value in declaration.items()}
         unknown = set(spec) - set(_RANGE_KEYS.values())
@@ -258,10 +286,11 @@ class _Marks:
                                 " and one of endBefore/endAfter")
         start_el = _first(root, spec[starts[0]], declaration)
         end_el = _first(root, spec[ends[0]], declaration)
+        self.ranges += 1
         if start_el is None or end_el is None:
             return False
-        start = (id(start_el), "start" if starts[0] == "start_before" else "end")
-        end = (id(end_el), "start" if ends[0] == "end_before" else "end")
+        start = (start_el, "start" if starts[0] == "start_before" else "end")
+        end = (end_el, "start" if ends[0] == "end_before" else "end")
         if order[end] <= order[start]:
             return False
         self.deltas[start] = self.deltas.get(start, 0) + 1
@@ -269,16 +298,18 @@ class _Marks:
         return True
 
     def _mark(self, element: Any, event: str, delta: int) -> None:
-        key = (id(element), event)
+        key = (element, event)
         self.deltas[key] = self.deltas.get(key, 0) + delta
 
 
 class _Walker:
     """Walks the tree once, in document order, and cuts the visible text into blocks."""
 
-    def __init__(self, keep: _Marks | None, drop: _Marks) -> None:
+    def __init__(self, keep: _Marks | None, drop: _Marks, *,
+                 around: set[Any] | None = None) -> None:
         self.keep = keep
         self.drop = drop
+        self.around = around
         self.kept = 0 if keep is not None else 1
         self.dropped = 0
         self.buffer: list[str] = []
@@ -290,6 +321,7 @@ class _Walker:
         # Comments and processing instructions come as their own events (never as "start"):
         # they are not text, but the text after them is.
         walker = etree.iterwalk(root, events=("start", "end", "comment", "pi"))
+        pruned = None
         for event, element in walker:
             if event in ("comment", "pi"):
                 self._text(element.tail)
@@ -297,6 +329,13 @@ class _Walker:
             tag = element.tag if isinstance(element.tag, str) else None
             if event == "start":
                 self._apply(element, "start")
+                if self.around is not None and self.kept <= 0 and not self.buffer \
+                        and element not in self.around:
+                    # Nothing selected in here: no text, no heading, and (with an empty
+                    # buffer) nothing to flush. Its marks, if any, cancel out within it.
+                    pruned = element
+                    walker.skip_subtree()
+                    continue
                 if tag is None or self._is_skipped(element, tag):
                     # Comments and invisible elements: nothing inside is text, the tail is.
                     self._apply(element, "end")
@@ -306,6 +345,10 @@ class _Walker:
                 self._open(tag)
                 self._text(element.text)
             else:
+                if element is pruned:
+                    self._apply(element, "end")
+                    pruned = None
+                    continue
                 if tag is None or self._is_skipped(element, tag):
                     continue
                 self._close(tag)
@@ -315,7 +358,7 @@ class _Walker:
         return self.blocks
 
     def _apply(self, element: Any, event: str) -> None:
-        key = (id(element), event)
+        key = (element, event)
         if self.keep is not None:
             self.kept += self.keep.deltas.get(key, 0)
         self.dropped += self.drop.deltas.get(key, 0)

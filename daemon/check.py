@@ -75,6 +75,14 @@ async def check_all(service: ClauseWatch, settings: FetchSettings,
                     documents: Sequence[DocumentSettings]) -> list[CheckOutcome]:
     """Capture every document once, concurrently within the fetch limits."""
     await asyncio.to_thread(service.sync_documents, documents)
+    # Fetching outpaces extraction: without a bound on whole polls, every fetched page would
+    # wait in memory for a thread (10,000 pages of 300 kB is 3 GB).
+    in_flight = asyncio.Semaphore(max(1, settings.concurrency))
+
+    async def bounded(doc: DocumentSettings) -> CheckOutcome:
+        async with in_flight:
+            return await poll(service, fetcher, doc)
+
     async with client_session(settings) as session:
         fetcher = Fetcher(session, settings)
-        return list(await asyncio.gather(*(poll(service, fetcher, d) for d in documents)))
+        return list(await asyncio.gather(*(bounded(d) for d in documents)))

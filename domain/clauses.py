@@ -143,6 +143,8 @@ def _pair_by_similarity(
     old_gap = _gaps(len(old), sorted(pairs[j] for j in anchored))
     new_gap = _gaps(len(new), sorted(anchored))
     new_words = {j: Counter(_WORD.findall(new[j].text.casefold())) for j in free_new}
+    new_sizes = {j: sum(words.values()) for j, words in new_words.items()}
+    floor = threshold * 0.8
     scored: list[tuple[float, int, int]] = []
     for i in free_old:
         words = Counter(_WORD.findall(old[i].text.casefold()))
@@ -150,9 +152,17 @@ def _pair_by_similarity(
         overlaps = []
         for j in free_new:
             other = new_words[j]
-            total = size + sum(other.values())
-            overlap = 2 * sum((words & other).values()) / total if total else 1.0
-            if overlap >= threshold * 0.8:
+            total = size + new_sizes[j]
+            if total:
+                # The overlap is at most the shorter bag: most pairs end here, uncounted.
+                if 2 * min(size, new_sizes[j]) / total < floor:
+                    continue
+                small, large = (words, other) if len(words) <= len(other) else (other, words)
+                shared = sum(min(n, large[w]) for w, n in small.items() if w in large)
+                overlap = 2 * shared / total
+            else:
+                overlap = 1.0
+            if overlap >= floor:
                 overlaps.append((overlap, -abs(old_gap[i] - new_gap[j]), -j, j))
         overlaps.sort(reverse=True)
         for _, _, _, j in overlaps[:_CANDIDATES]:

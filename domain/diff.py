@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -28,8 +29,13 @@ def _engine() -> diff_match_patch:
     return dmp
 
 
+@functools.lru_cache(maxsize=1024)
 def word_diff(before: str, after: str) -> tuple[tuple[int, str], ...]:
-    """Diff two texts word by word (-1 deleted, 0 kept, 1 inserted), semantically cleaned up."""
+    """Diff two texts word by word (-1 deleted, 0 kept, 1 inserted), semantically cleaned up.
+
+    Remembered for a while: alignment scores a pair with `similarity`, then, when it keeps
+    the pair, asks `text_diff` for the very same diff.
+    """
     dmp = _engine()
     vocabulary: dict[str, str] = {}
     tokens: list[str] = [""]

@@ -131,8 +131,15 @@ class ClauseWatch:
 
     def sync_documents(self, documents: Sequence[DocumentSettings]) -> list[str]:
         """Register new documents and record new titles or URLs; returns the ids registered."""
+        # A document the views already hold with this very description needs nothing: reading
+        # one table beats loading every aggregate (and its clause list) at each start.
+        self.views.catch_up()
+        known = {row["id"]: (row["platform"], row["title"], row["url"]) for row in
+                 self.store.db.query("SELECT id, platform, title, url FROM cw_documents")}
         registered = []
         for doc in documents:
+            if known.get(doc.id) == (doc.platform, doc.title, doc.url):
+                continue
             try:
                 aggregate = self.app.repository.get(document_uuid(doc.id))
             except AggregateNotFoundError:

@@ -35,6 +35,8 @@ SCHEMA = (
         changes INTEGER NOT NULL, status TEXT NOT NULL, removed_at TEXT,
         first_sha256 TEXT, last_sha256 TEXT, categories TEXT)""",
     "CREATE INDEX IF NOT EXISTS cw_clauses_document ON cw_clauses (document, status, position)",
+    # Each new clause takes the next record number: MAX() must not scan every clause.
+    "CREATE INDEX IF NOT EXISTS cw_clauses_record_no ON cw_clauses (record_no)",
     """CREATE TABLE IF NOT EXISTS cw_changes (
         seq BIGINT PRIMARY KEY, event_id TEXT NOT NULL, document TEXT NOT NULL,
         clause TEXT NOT NULL, kind TEXT NOT NULL, section TEXT NOT NULL, before TEXT,
@@ -240,9 +242,9 @@ class Views:
     def _replace_clauses(self, tx: Transaction, slug: str, event: Document.DocumentCaptured,
                          at: str | None) -> None:
         assert event.clauses is not None
-        present = {row["id"]: row["categories"] for row in tx.query(
-            "SELECT id, categories FROM cw_clauses WHERE document = ? AND status = 'present'",
-            (slug,))}
+        present = {row["id"]: row for row in tx.query(
+            """SELECT id, position, section, text, kind, categories FROM cw_clauses
+               WHERE document = ? AND status = 'present'""", (slug,))}
         new_ids = [c["id"] for c in event.clauses]
         gone = set(present) - set(new_ids)
         # Category rows follow the clauses whose categories changed, appeared or went.
@@ -261,12 +263,17 @@ class Views:
         for position, clause in enumerate(event.clauses):
             section = json.dumps(clause["section"], ensure_ascii=False)
             categories = _json_or_none(clause.get("categories"))
-            if clause["id"] in present:
-                tx.execute("""UPDATE cw_clauses SET position = ?, section = ?, text = ?, kind = ?,
-                              categories = ? WHERE id = ?""",
-                           (position, section, clause["text"], clause["kind"], categories,
-                            clause["id"]))
-                if categories == present[clause["id"]]:
+            row = present.get(clause["id"])
+            if row is not None:
+                # An edit touches a few clauses of hundreds: rewrite only the rows it moved.
+                if (row["position"], row["section"], row["text"], row["kind"],
+                        row["categories"]) != (position, section, clause["text"],
+                                               clause["kind"], categories):
+                    tx.execute("""UPDATE cw_clauses SET position = ?, section = ?, text = ?,
+                                  kind = ?, categories = ? WHERE id = ?""",
+                               (position, section, clause["text"], clause["kind"], categories,
+                                clause["id"]))
+                if categories == row["categories"]:
                     continue
             else:
                 record_no += 1

@@ -1,0 +1,305 @@
+"""clausewatch's performance benchmark: one command, a table on stdout, the same as JSON.
+
+    .venv/bin/python bench/perf.py                 # everything (competitors installed on first use)
+    .venv/bin/python bench/perf.py --no-competitors --docs 50 --steady-seconds 20 \\
+        --latency-changes 10 --rebuild-events 20000   # a quick look
+
+Sections (each can be skipped with --skip NAME):
+  pass     full polling passes over N documents (real corpus pages served on 127.0.0.1):
+           baseline, unchanged (304), markup-only (200, same text) and changed (a share of
+           real text changes); clausewatch, urlwatch and changedetection.io alternated,
+           reported as ratios, with the alerts each raised on the markup-only pass;
+  steady   the daemon over many documents with short intervals for a few minutes: polls/s,
+           scheduler lag, RSS over time;
+  latency  a text change served -> ClauseChanged stored -> webhook received, p50 / p99;
+  rebuild  projections rebuilt from a large event log, SQLite and PostgreSQL.
+
+Benchmarks print numbers and write JSON; they never assert. Contains data from Open Terms
+Archive (opentermsarchive.org), ODC-By 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import contenders
+import pages
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+PHASES = (
+    # name, server phase, what the pass stands for
+    ("baseline", "base", "first capture of every document"),
+    ("unchanged", "base", "nothing changed: conditional GET answered 304"),
+    ("markup", "noise", "only markup changed: 200, different bytes, same text"),
+    ("changed", "changed", "a share of documents with a real text change, the rest unchanged"),
+)
+SECTIONS = ("pass", "steady", "latency", "rebuild")
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout stays the table."""
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# The page server -----------------------------------------------------------------------------
+
+
+@dataclass
+class PageServer:
+    """bench/page_server.py in a process of its own."""
+
+    docs: int
+    corpus: Path
+    process: subprocess.Popen[str] | None = None
+    port: int = 0
+
+    def __enter__(self) -> PageServer:
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "page_server.py"), "--docs", str(self.docs),
+             "--corpus", str(self.corpus)],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"the page server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, method: str, path: str) -> Any:
+        request = urllib.request.Request(f"{self.url}{path}", method=method, data=b"" if
+                                         method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def phase(self, name: str, *, share: float = 0.0, markup: float = 0.0) -> None:
+        self.call("POST", f"/_phase?name={name}&share={share}&markup={markup}")
+
+
+# Passes --------------------------------------------------------------------------------------
+
+
+def run_passes(args: argparse.Namespace, docs: int, workdir: Path, report: dict[str, Any],
+               server: PageServer) -> contenders.ClauseWatchTool:
+    """Every phase for every tool, the tools alternated within each phase."""
+    triples = pages.load_triples(args.corpus)
+    changed = [d for d in range(docs) if pages.is_changed(d, args.share)]
+    section: dict[str, Any] = {"docs": docs, "share": args.share, "changed_docs": len(changed),
+                               "triples": [f"{t.document}@{t.seqs}" for t in triples],
+                               "passes": [], "unavailable": {}}
+    report.setdefault("passes", []).append(section)
+    ours = contenders.ClauseWatchTool(workdir / f"clausewatch-{docs}")
+    server.call("POST", "/_stats/reset")
+    tools: list[Any] = [ours]
+    if args.competitors and docs <= args.competitors_max_docs:
+        tools.append(contenders.UrlwatchTool(workdir / f"urlwatch-{docs}", log=log))
+        tools.append(contenders.ChangeDetectionTool(workdir / f"changedetection-{docs}",
+                                                    log=log))
+    server.phase("base")
+    ready = []
+    for tool in tools:
+        log(f"N={docs}: setting up {tool.name}")
+        try:
+            tool.setup(server.url, docs, triples)
+        except contenders.ToolUnavailableError as exc:
+            log(f"{tool.name} unavailable: {exc}")
+            section["unavailable"][tool.name] = str(exc)
+            continue
+        ready.append(tool)
+    try:
+        for number, (name, server_phase, _) in enumerate(PHASES):
+            server.phase(server_phase, share=args.share)
+            # Alternate who goes first, so no tool always meets a cold or warm machine.
+            order = ready[number % len(ready):] + ready[:number % len(ready)]
+            for tool in order:
+                if name == "baseline" and tool.name == "changedetection.io":
+                    continue  # its baseline ran when the watches were created (setup)
+                log(f"N={docs}: {tool.name} {name} pass")
+                result = tool.run_pass(name)
+                section["passes"].append(result.row() | {
+                    "alerted_docs": list(result.alerts)})
+                log(f"  {result.wall:.1f} s wall, {result.cpu:.1f} s CPU, "
+                    f"{result.peak_rss_mb:.0f} MB, {len(result.alerts)} alerts")
+    finally:
+        for tool in ready:
+            tool.close()
+    section["server"] = server.call("GET", "/_stats")
+    _score_passes(section, set(changed))
+    return ours
+
+
+def _score_passes(section: dict[str, Any], changed: set[int]) -> None:
+    """False alerts on the markup pass, missed and extra alerts on the changed pass."""
+    for row in section["passes"]:
+        alerted = set(row.get("alerted_docs", []))
+        if row["phase"] in ("unchanged", "markup"):
+            row["false_alerts"] = row["alerts"]
+        elif row["phase"] == "changed":
+            row["missed"] = len(changed) - row["alerts"] if row["alerts"] <= len(changed) \
+                else 0
+            row["false_alerts"] = len(alerted - changed)
+    by = {(r["tool"], r["phase"]): r for r in section["passes"]}
+    ratios = []
+    for (tool, phase), row in by.items():
+        if tool == "clausewatch":
+            continue
+        ours = by.get(("clausewatch", phase))
+        if ours and ours["wall_s"]:
+            ratios.append({"tool": tool, "phase": phase,
+                           "wall_ratio": round(row["wall_s"] / ours["wall_s"], 2),
+                           "cpu_ratio": round(row["cpu_s"] / ours["cpu_s"], 2)
+                           if ours["cpu_s"] else None})
+    section["ratios"] = ratios
+
+
+# Output ----------------------------------------------------------------------------------
+
+
+def pass_table(section: dict[str, Any]) -> str:
+    lines = [f"Full polling passes, N = {section['docs']:,} documents "
+             f"({section['changed_docs']} with a real text change in the 'changed' pass)",
+             f"{'tool':20} {'phase':10} {'wall s':>8} {'docs/s':>8} {'CPU s':>8} "
+             f"{'peak MB':>8} {'alerts':>7} {'errors':>6} {'x ours':>7}"]
+    ratios = {(r["tool"], r["phase"]): r["wall_ratio"] for r in section.get("ratios", [])}
+    for row in section["passes"]:
+        ratio = ratios.get((row["tool"], row["phase"]))
+        lines.append(f"{row['tool']:20} {row['phase']:10} {row['wall_s']:8.2f} "
+                     f"{row['docs_per_s']:8.1f} {row['cpu_s']:8.2f} {row['peak_rss_mb']:8.0f} "
+                     f"{row['alerts']:7d} {row['errors']:6d} "
+                     f"{'' if ratio is None else f'{ratio:6.2f}x':>7}")
+    for tool, why in section.get("unavailable", {}).items():
+        lines.append(f"{tool}: not run: {why.splitlines()[0]}")
+    return "\n".join(lines)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    for section in report.get("passes", []):
+        print(pass_table(section))
+        print()
+    for name in ("steady", "latency", "rebuild"):
+        if name in report:
+            print(f"{name}: {json.dumps(report[name], indent=2)}")
+            print()
+
+
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "started": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, action="append",
+                        help="documents per pass (repeatable; default 1000 and 10000)")
+    parser.add_argument("--share", type=float, default=0.1,
+                        help="share of documents with a real text change (default 0.1)")
+    parser.add_argument("--no-competitors", dest="competitors", action="store_false",
+                        help="run clausewatch only (no urlwatch, no changedetection.io)")
+    parser.add_argument("--competitors-max-docs", type=int, default=1000,
+                        help="run the competitors only for N up to this (default 1000)")
+    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS)
+    parser.add_argument("--corpus", type=Path, default=pages.CORPUS)
+    parser.add_argument("--steady-docs", type=int, default=10_000)
+    parser.add_argument("--steady-seconds", type=float, default=180.0)
+    parser.add_argument("--steady-interval", type=float, default=120.0,
+                        help="each document's poll interval in the steady run (seconds)")
+    parser.add_argument("--steady-workers", type=int, default=4)
+    parser.add_argument("--latency-docs", type=int, default=200)
+    parser.add_argument("--latency-changes", type=int, default=100)
+    parser.add_argument("--latency-interval", type=float, default=10.0)
+    parser.add_argument("--latency-spacing", type=float, default=0.5,
+                        help="seconds between two text changes in the latency run")
+    parser.add_argument("--rebuild-events", type=int, default=1_000_000)
+    parser.add_argument("--rebuild-documents", type=int, default=1_000)
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="PostgreSQL for the rebuild section ('' to leave it out)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where stores and datastores go (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, default=None, help="the JSON file to write")
+    args = parser.parse_args(argv)
+    args.docs = args.docs or [1000, 10_000]
+    if not args.corpus.is_dir():
+        args.corpus = pages.TRIMMED_CORPUS
+    out = args.out or RESULTS / f"perf-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    report: dict[str, Any] = {"machine": machine(), "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    sizes = [*(args.docs if "pass" not in args.skip else []),
+             *([args.steady_docs] if "steady" not in args.skip else []),
+             *([args.latency_docs] if "latency" not in args.skip else [])]
+    with _workdir(args.workdir) as workdir, PageServer(max(sizes or [1]), args.corpus) as server:
+        ours: dict[int, contenders.ClauseWatchTool] = {}
+        if "pass" not in args.skip:
+            for docs in args.docs:
+                ours[docs] = run_passes(args, docs, workdir, report, server)
+                _write(out, report)
+        if "steady" not in args.skip:
+            import steady
+
+            report["steady"] = steady.run(args, workdir / "steady", log=log, server=server,
+                                          reuse=ours.get(args.steady_docs))
+            _write(out, report)
+        if "latency" not in args.skip:
+            import latency
+
+            report["latency"] = latency.run(args, workdir / "latency", log=log, server=server)
+            _write(out, report)
+        if "rebuild" not in args.skip:
+            import rebuild
+
+            report["rebuild"] = rebuild.run(args, workdir / "rebuild", log=log)
+            _write(out, report)
+    print_report(report)
+    print(f"written to {out}")
+    return 0
+
+
+@contextlib.contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="clausewatch-bench-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

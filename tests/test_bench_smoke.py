@@ -1,0 +1,42 @@
+"""The performance benchmark, run end to end on a tiny N so that it cannot rot.
+
+No competitors are installed here (--no-competitors) and PostgreSQL is left out; the real run
+is `.venv/bin/python bench/perf.py`. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_perf_bench_runs_on_a_tiny_n_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "perf.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "perf.py"), "--no-competitors", "--docs", "6",
+         "--share", "0.5", "--corpus", str(REPO / "tests" / "data" / "corpus"),
+         "--steady-docs", "6", "--steady-seconds", "4", "--steady-interval", "2",
+         "--latency-docs", "4", "--latency-changes", "2", "--latency-interval", "2",
+         "--latency-spacing", "0.2", "--rebuild-events", "3000", "--rebuild-documents", "10",
+         "--pg-url", "", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    # Every phase ran once for clausewatch, and the table was printed.
+    section = report["passes"][0]
+    rows = {row["phase"]: row for row in section["passes"]}
+    assert set(rows) == {"baseline", "unchanged", "markup", "changed"}
+    assert "Full polling passes, N = 6 documents" in done.stdout
+    # Markup that rotates is not a change; the real text changes all are.
+    assert rows["markup"]["alerts"] == 0
+    assert rows["changed"]["alerts"] == section["changed_docs"] > 0
+    assert all(row["errors"] == 0 for row in rows.values())
+
+    assert report["steady"]["polls"] > 0
+    assert report["latency"]["served_to_stored"]["n"] == 2
+    assert report["rebuild"]["sqlite"]["events"] >= 3000

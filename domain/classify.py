@@ -272,6 +272,11 @@ def _apply(
     rule: Rule, text: str, folded: str, bounds: tuple[tuple[int, int], ...]
 ) -> RuleHit | None:
     """The rule's hit on the text, or None when nothing matched or every match was vetoed."""
+    # Most rules match nothing in most clauses: one search over the whole text rules them out
+    # before the sentence-by-sentence pass (which can only find less).
+    if not ((rule._phrase_re is not None and rule._phrase_re.regex.search(folded))
+            or any(regex.search(folded) for regex in rule._pattern_res)):
+        return None
     kept: list[Span] = []
     support: list[Span] = []
     # Matching sentence by sentence keeps a pattern from joining words of two clauses.

@@ -318,3 +318,14 @@ def test_the_header_charset_wins_over_the_meta_tag() -> None:
 def test_undeclared_bytes_fall_back_from_utf8_to_windows_1252() -> None:
     assert texts(extract(html("<p>\u00e9t\u00e9</p>"))) == ["été"]
     assert texts(extract(html("<p>\u00e9t\u00e9</p>").decode().encode("cp1252"))) == ["été"]
+
+
+def test_a_wrong_charset_in_the_header_does_not_garble_the_text() -> None:
+    # The server says UTF-8 but sends Windows-1252 bytes: not valid UTF-8, so the declared
+    # charset is dropped for the next candidate instead of producing replacement characters.
+    body = html(CP1252_PAGE).decode().encode("cp1252")
+    assert texts(extract(body, "text/html; charset=utf-8")) == [
+        'Café "terms" \u2013 naïve \u20ac5']
+    # And an unknown charset name is skipped, not an error.
+    assert texts(extract(html("<p>\u00e9t\u00e9</p>"), "text/html; charset=x-nonsense")) == [
+        "été"]

@@ -6,7 +6,9 @@ import asyncio
 import csv
 import gzip
 import json
+import os
 import secrets
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -176,13 +178,14 @@ async def run_demo(*, out: TextIO = sys.stdout, interval: float = 1.0,
         if ai is not None:
             say(f"The AI-interactions clause {ai['id']} ({ai['record_id']}): first seen "
                 f"{ai['first_seen']}, changes {ai['changes']}, {ai['stability']}.")
+        cli = _command()
         say("Ask the daemon while it runs, or the store afterwards:")
         say(f"  curl {api}/api/v1/changes?document={DOCUMENT_ID}")
         say(f"  curl {api}/api/v1/documents/{DOCUMENT_ID}/clauses")
-        say(f"  clausewatch documents -c {config}")
-        say(f"  clausewatch changes -c {config} --document {DOCUMENT_ID} --kind added")
-        say(f"  clausewatch clauses {DOCUMENT_ID} -c {config} --json")
-        say(f"  clausewatch verify -c {config}")
+        say(f"  {cli} documents -c {config}")
+        say(f"  {cli} changes -c {config} --document {DOCUMENT_ID} --kind added")
+        say(f"  {cli} clauses {DOCUMENT_ID} -c {config} --json")
+        say(f"  {cli} verify -c {config}")
         if keep_running:
             say("The daemon keeps running (Ctrl-C to stop).")
             return await task
@@ -193,6 +196,17 @@ async def run_demo(*, out: TextIO = sys.stdout, interval: float = 1.0,
             daemon.stop()
             await asyncio.wait_for(task, 30)
         await runner.cleanup()
+
+
+def _command() -> str:
+    """How to call clausewatch from here: on PATH, or the script beside this Python."""
+    if shutil.which("clausewatch"):
+        return "clausewatch"
+    beside = Path(sys.executable).parent / "clausewatch"
+    if beside.exists():
+        return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") \
+            else str(beside)
+    return f"{sys.executable} -m daemon.cli"
 
 
 def _find_clause(daemon: Daemon, needle: str) -> dict[str, object] | None:

@@ -81,7 +81,7 @@ def _venv(name: str, requirement: str, *, log: Any) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     done = subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "--quiet",
                            "--disable-pip-version-check", requirement],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise ToolUnavailableError(f"pip install {requirement} failed:\n{tail}")

@@ -86,14 +86,18 @@ def _stored_times(log_path: Path) -> dict[str, float]:
     return stored
 
 
-def _quantiles(values: list[float]) -> dict[str, float | None]:
+def _quantiles(values: list[float]) -> dict[str, Any]:
     if not values:
-        return {"n": 0, "p50_s": None, "p99_s": None, "max_s": None}
+        return {"n": 0, "p50_s": None, "p90_s": None, "p99_s": None, "max_s": None,
+                "samples_s": []}
     ordered = sorted(values)
+
     def q(p: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
-    return {"n": len(values), "p50_s": round(statistics.median(ordered), 3), "p99_s": q(0.99),
-            "max_s": round(ordered[-1], 3)}
+
+    return {"n": len(values), "p50_s": round(statistics.median(ordered), 3), "p90_s": q(0.9),
+            "p99_s": q(0.99), "max_s": round(ordered[-1], 3),
+            "samples_s": [round(v, 3) for v in ordered]}
 
 
 def run(args: argparse.Namespace, workdir: Path, *, log: Callable[[str], None],

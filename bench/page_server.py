@@ -8,9 +8,10 @@ document serves depends on the phase, set with POST /_phase?name=…&share=…:
 - base:    every document serves its base snapshot;
 - noise:   every document serves the next snapshot: different markup, same text;
 - changed: `share` of the documents serve the snapshot whose text changed, the rest the noise;
-- steady:  per request, a rotation: `share` of the documents cycle base, noise, change,
-           change (a real text change every other poll), `markup` of them alternate base and
-           noise, the rest keep serving the base (304 to a conditional GET).
+- steady:  per request, a rotation: `share` of the documents cycle noise, change, change,
+           noise (a real text change every other poll), `markup` of them alternate base and
+           noise (new bytes, same text, every poll), the rest keep serving the noise snapshot
+           (304 to a conditional GET): a store settled in the noise phase starts steady.
 
 POST /_flip?doc=i serves document i's changed text from now on, whatever the phase, and
 records when that text is first sent (GET /_served). Every answer carries an ETag, and a
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pages
 
-_STEADY_TEXT = (0, 1, 2, 2)
+_STEADY_TEXT = (1, 2, 2, 1)
 
 
 class Pages:
@@ -63,6 +64,7 @@ class Pages:
                 return _STEADY_TEXT[n % len(_STEADY_TEXT)]
             if pages.is_changed(doc + 10_000_000, self.markup):
                 return n % 2
+            return 1
         return 0
 
     async def page(self, request: web.Request) -> web.Response:

@@ -202,14 +202,130 @@ def pass_table(section: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def steady_table(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"Steady state: {r['docs']:,} documents, interval {r['interval_s']:.0f} s, "
+        f"{r['seconds']:.0f} s run",
+        f"  polls/s {r['polls_per_s']} (offered {r['offered_polls_per_s']}), outcomes "
+        f"{r['outcomes']}, daemon CPU {r['cpu_s']} s",
+        f"  scheduler lag mean {r['scheduler_lag_mean_s']} s, p99 <= "
+        f"{r['scheduler_lag_p99_le_s']} s (histogram bucket), queue at end "
+        f"{r['queue_depth_end']}",
+        f"  RSS after {steady_warmup():.0f} s {r['rss_mb_after_warmup']} MB, peak "
+        f"{r['rss_mb_peak']} MB, end {r['rss_mb_end']} MB, second-half slope "
+        f"{r['rss_mb_per_min_second_half']} MB/min"])
+
+
+def steady_warmup() -> float:
+    import steady
+
+    return steady.WARMUP_SECONDS
+
+
+def latency_table(r: dict[str, Any]) -> str:
+    lines = [f"Alert latency: {r['changes']} text changes over {r['docs']} documents "
+             f"(measured from the changed page being served)"]
+    for key, label in (("served_to_stored", "served -> ClauseChanged stored"),
+                       ("served_to_webhook", "served -> webhook received")):
+        q = r[key]
+        lines.append(f"  {label:32} n={q['n']:4d}  p50 {q['p50_s']} s  p90 {q.get('p90_s')} s  "
+                     f"p99 {q['p99_s']} s  max {q['max_s']} s")
+    if r.get("note"):
+        lines.append(f"  note: {r['note']}")
+    return "\n".join(lines)
+
+
+def rebuild_table(r: dict[str, Any]) -> str:
+    lines = ["Projection rebuild (`clausewatch rebuild`)"]
+    for backend in ("sqlite", "postgres"):
+        b = r.get(backend)
+        if b is None:
+            continue
+        if "skipped" in b:
+            lines.append(f"  {backend:9} skipped: {b['skipped']}")
+            continue
+        lines.append(f"  {backend:9} {b['events']:>9,} events  {b['wall_s']:8.1f} s  "
+                     f"{b['events_per_s']:>7,} events/s  CPU {b['cpu_s']} s  "
+                     f"peak {b['peak_rss_mb']} MB")
+    return "\n".join(lines)
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against this run's numbers (None where a section did not run)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(target: str, measured: Any, met: bool | None) -> None:
+        rows.append({"target": target, "measured": measured, "met": met})
+
+    for section in report.get("passes", []):
+        by = {(r["tool"], r["phase"]): r for r in section["passes"]}
+        docs = section["docs"]
+        for phase in ("changed", "markup", "unchanged"):
+            ours = by.get(("clausewatch", phase))
+            for tool, factor in (("urlwatch", 3), ("changedetection.io", 10)):
+                theirs = by.get((tool, phase))
+                if ours and theirs and ours["wall_s"]:
+                    ratio = theirs["wall_s"] / ours["wall_s"]
+                    add(f"N={docs} {phase} pass: >= {factor}x faster than {tool}",
+                        f"{ratio:.2f}x ({ours['wall_s']:.1f} s vs {theirs['wall_s']:.1f} s)",
+                        ratio >= factor)
+        markup = {t: r["alerts"] for (t, p), r in by.items() if p == "markup"}
+        if markup:
+            ours_alerts = markup.get("clausewatch")
+            add(f"N={docs} noise-only pages: zero alerts from clausewatch",
+                ", ".join(f"{t} {n}" for t, n in markup.items()), ours_alerts == 0)
+            others = [n for t, n in markup.items() if t != "clausewatch"]
+            if others and ours_alerts is not None:
+                add(f"N={docs} noise-only pages: fewer alerts than each competitor",
+                    ", ".join(f"{t} {n}" for t, n in markup.items()),
+                    all(ours_alerts < n for n in others))
+        if docs >= 10_000:
+            peak = max(r["peak_rss_mb"] for (t, _), r in by.items() if t == "clausewatch")
+            add(f"N={docs} in one process under 250 MB RSS (check passes)", f"{peak:.0f} MB",
+                peak < 250)
+    steady = report.get("steady")
+    if steady:
+        add(f"{steady['docs']:,} documents in one daemon under 250 MB RSS",
+            f"peak {steady['rss_mb_peak']} MB", steady["rss_mb_peak"] < 250)
+        add("RSS flat over the steady run",
+            f"{steady['rss_mb_after_warmup']} -> {steady['rss_mb_end']} MB, "
+            f"{steady['rss_mb_per_min_second_half']} MB/min in the second half", None)
+    latency = report.get("latency")
+    if latency:
+        p99 = latency["served_to_webhook"]["p99_s"]
+        add("change -> webhook received p99 < 1 s (poll interval excluded)",
+            f"p99 {p99} s, p50 {latency['served_to_webhook']['p50_s']} s "
+            f"(n={latency['served_to_webhook']['n']})",
+            None if p99 is None else p99 < 1.0)
+    rebuild = report.get("rebuild", {}).get("sqlite")
+    if rebuild and "events_per_s" in rebuild:
+        add("projection rebuild >= 50,000 events/s on SQLite",
+            f"{rebuild['events_per_s']:,} events/s over {rebuild['events']:,} events",
+            rebuild["events_per_s"] >= 50_000)
+    return rows
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["Targets"]
+    for row in rows:
+        verdict = {True: "met", False: "SHORT", None: "see numbers"}[row["met"]]
+        lines.append(f"  [{verdict:^11}] {row['target']}: {row['measured']}")
+    return "\n".join(lines)
+
+
 def print_report(report: dict[str, Any]) -> None:
     for section in report.get("passes", []):
         print(pass_table(section))
         print()
-    for name in ("steady", "latency", "rebuild"):
+    for name, table in (("steady", steady_table), ("latency", latency_table),
+                        ("rebuild", rebuild_table)):
         if name in report:
-            print(f"{name}: {json.dumps(report[name], indent=2)}")
+            print(table(report[name]))
             print()
+    rows = targets(report)
+    if rows:
+        print(targets_table(rows))
+        print()
 
 
 def machine() -> dict[str, Any]:
@@ -278,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
 
             report["rebuild"] = rebuild.run(args, workdir / "rebuild", log=log)
             _write(out, report)
+    report["targets"] = targets(report)
+    _write(out, report)
     print_report(report)
     print(f"written to {out}")
     return 0

@@ -108,8 +108,9 @@ class ClauseWatchTool:
 
     def __init__(self, workdir: Path, *, store_url: str | None = None,
                  store_schema: str | None = None, concurrency: int = 16,
-                 python: Path = REPO / ".venv" / "bin" / "python") -> None:
+                 python: Path = REPO / ".venv" / "bin" / "python", fresh: bool = True) -> None:
         self.workdir = workdir
+        self.fresh = fresh  # False: keep the store an earlier run left there
         self.store_url = store_url
         self.store_schema = store_schema
         self.concurrency = concurrency
@@ -118,6 +119,8 @@ class ClauseWatchTool:
         self.docs = 0
 
     def setup(self, base_url: str, docs: int, triples: Sequence[pages.Triple]) -> None:
+        if self.fresh and self.workdir.exists():
+            shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.docs = docs
         self.config.write_text(write_config(self.workdir, base_url, docs, triples,
@@ -196,6 +199,8 @@ class UrlwatchTool:
     def setup(self, base_url: str, docs: int, triples: Sequence[pages.Triple]) -> None:
         venv = _venv("urlwatch", f"urlwatch=={URLWATCH_VERSION}", log=self.log)
         self.binary = venv / "bin" / "urlwatch"
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.docs = docs
         jobs = []

@@ -83,6 +83,14 @@ async def check_all(service: ClauseWatch, settings: FetchSettings,
         async with in_flight:
             return await poll(service, fetcher, doc)
 
-    async with client_session(settings) as session:
-        fetcher = Fetcher(session, settings)
-        return list(await asyncio.gather(*(bounded(d) for d in documents)))
+    # One catch-up of the views at the end, not one per capture.
+    per_capture, service.catch_up_after_save = service.catch_up_after_save, False
+    try:
+        async with client_session(settings) as session:
+            fetcher = Fetcher(session, settings)
+            outcomes = list(await asyncio.gather(*(bounded(d) for d in documents)))
+    finally:
+        service.catch_up_after_save = per_capture
+        await asyncio.to_thread(service.flush_heads)
+        await asyncio.to_thread(service.views.catch_up)
+    return outcomes

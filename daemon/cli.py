@@ -144,6 +144,7 @@ def _service(settings: Settings) -> Iterator[ClauseWatch]:
     service = open_service(settings)
     try:
         yield service
+        service.flush_heads()
     finally:
         service.store.close()
 

@@ -88,6 +88,7 @@ class Daemon:
         async with AsyncExitStack() as stack:
             self.service = service = await asyncio.to_thread(open_service, self.settings)
             stack.push_async_callback(asyncio.to_thread, service.store.close)
+            stack.push_async_callback(asyncio.to_thread, service.flush_heads)
             await asyncio.to_thread(service.sync_documents, self.settings.documents)
             if self.settings.store.is_postgres:
                 await self._join_replicas(stack)
@@ -205,6 +206,7 @@ class Daemon:
             if await asyncio.to_thread(self._leads, "views"):
                 await asyncio.to_thread(self.service.views.catch_up)
             await asyncio.to_thread(self._refresh_gauges)
+            await asyncio.to_thread(self.service.flush_heads)
             if time.monotonic() - last_retention > RETENTION_INTERVAL and \
                     await asyncio.to_thread(self._leads, "retention"):
                 last_retention = time.monotonic()

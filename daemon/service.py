@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,9 +18,16 @@ from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
 from daemon.store import Store
 from domain.classify import SEVERITIES, Taxonomy, clause_classifier, taxonomy_version
-from domain.document import CaptureFacts, CaptureResult, Document, document_uuid
+from daemon.heads import Heads
+from domain.document import (
+    CaptureFacts,
+    CaptureResult,
+    Document,
+    NeedsClausesError,
+    document_uuid,
+)
 from domain.errors import DomainError
-from domain.extract import extract
+from domain.extract import Extraction, extract
 from domain.suspect import SuspectPolicy
 
 FAILED = "failed"
@@ -114,6 +121,7 @@ class ClauseWatch:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._loaded: dict[str, Document] = {}
+        self.heads = Heads(store.db)
         # With replicas, the leader's loop projects in batches instead of every poll.
         self.catch_up_after_save = True
         self.use_taxonomy(taxonomy)
@@ -151,74 +159,118 @@ class ClauseWatch:
             try:
                 self.app.save(aggregate)
             except IntegrityError:
-                pass  # another replica registered it at the same moment
+                self.heads.forget(doc.id)
+                continue  # another replica registered it at the same moment
+            self.heads.put(doc.id, aggregate.head())
         self.views.catch_up()
         return registered
 
     def validators(self, document_id: str) -> tuple[str | None, str | None]:
         """The ETag and Last-Modified to send with the next conditional GET.
 
-        The aggregate loaded here is kept for the record_* call that ends the same poll, so a
-        poll loads its document once.
+        From the document's head when one is known; otherwise the aggregate loaded here is
+        kept for the record_* call that ends the same poll, so a poll loads it at most once.
         """
-        try:
-            aggregate = self._get(document_id)
-        except UnknownDocumentError:
-            return None, None
-        with self._locks_guard:
-            self._loaded[document_id] = aggregate
+        head = self.heads.get(document_id)
+        if head is not None:
+            outcome, etag, last_modified = (head["last_outcome"], head["etag"],
+                                            head["last_modified"])
+        else:
+            try:
+                aggregate = self._get(document_id)
+            except UnknownDocumentError:
+                return None, None
+            with self._locks_guard:
+                self._loaded[document_id] = aggregate
+            outcome, etag, last_modified = (aggregate.last_outcome, aggregate.etag,
+                                            aggregate.last_modified)
         # Only validators of a good capture: a 304 must never confirm a broken page.
-        if aggregate.last_outcome == "suspect":
+        if outcome == "suspect":
             return None, None
-        return aggregate.etag, aggregate.last_modified
+        return etag, last_modified
 
     def record_fetch(self, doc: DocumentSettings, result: FetchResult) -> CheckOutcome:
         """Store the evidence, extract, compare with the last good version and save the events."""
-        with self._lock(doc.id):
-            aggregate = self._take(doc.id)
-            if result.not_modified:
+        facts: CaptureFacts | None = None
+        if not result.not_modified:
+            sha256 = self.store.evidence.put(result.body)
+            facts = CaptureFacts(
+                captured_at=result.fetched_at, requested_url=result.requested_url,
+                final_url=result.final_url, http_status=result.status,
+                content_type=result.content_type, sha256=sha256, size=len(result.body),
+                etag=result.etag, last_modified=result.last_modified,
+                redirects=result.redirects)
+        extracted: list[Extraction] = []
+
+        def decide(aggregate: Document) -> CaptureResult:
+            if facts is None:
                 if aggregate.last_sha256 is None:
                     raise DomainError(f"{doc.id}: a 304 answered a request without validators")
-                capture = aggregate.record_not_modified(
+                return aggregate.record_not_modified(
                     captured_at=result.fetched_at, requested_url=result.requested_url,
                     final_url=result.final_url)
-                sha256 = aggregate.last_sha256
-            else:
-                sha256 = self.store.evidence.put(result.body)
-                facts = CaptureFacts(
-                    captured_at=result.fetched_at, requested_url=result.requested_url,
-                    final_url=result.final_url, http_status=result.status,
-                    content_type=result.content_type, sha256=sha256, size=len(result.body),
-                    etag=result.etag, last_modified=result.last_modified,
-                    redirects=result.redirects)
-                # Same bytes as last time: nothing to extract or compare.
-                extraction = None
-                if sha256 != aggregate.last_sha256 or aggregate.last_outcome is None:
-                    extraction = extract(result.body, doc.content_type or result.content_type,
-                                         select=doc.select, remove=doc.remove)
-                capture = aggregate.record_capture(
-                    facts, extraction, policy=self.policy,
-                    threshold=self.detection.similarity_threshold, classify=self.classify)
-            started = time.perf_counter()
-            self.app.save(aggregate)
-            append_seconds = time.perf_counter() - started
+            # Same bytes as last time: nothing to extract or compare.
+            extraction = None
+            if facts.sha256 != aggregate.last_sha256 or aggregate.last_outcome is None:
+                if not extracted:  # at most once, whichever aggregate decides
+                    extracted.append(extract(result.body,
+                                             doc.content_type or result.content_type,
+                                             select=doc.select, remove=doc.remove))
+                extraction = extracted[0]
+            return aggregate.record_capture(
+                facts, extraction, policy=self.policy,
+                threshold=self.detection.similarity_threshold, classify=self.classify)
+
+        with self._lock(doc.id):
+            aggregate, capture, append_seconds = self._record(doc.id, decide)
         if self.catch_up_after_save:
             self.views.catch_up()
-        return _outcome(doc.id, capture, sha256, len(aggregate.clauses), append_seconds)
+        return _outcome(doc.id, capture, aggregate.last_sha256, aggregate.clause_count,
+                        append_seconds)
 
     def record_failure(self, doc: DocumentSettings, *, kind: str, message: str,
                        url: str | None = None, status: int | None = None,
                        at: datetime | None = None) -> CheckOutcome:
         """Record a capture that could not be made (a fetch error, or a page we cannot read)."""
-        with self._lock(doc.id):
-            aggregate = self._take(doc.id)
+        def decide(aggregate: Document) -> None:
             aggregate.record_failure(captured_at=at or datetime.now(UTC),
                                      requested_url=url or doc.url, error_kind=kind,
                                      message=message, http_status=status)
-            self.app.save(aggregate)
+
+        with self._lock(doc.id):
+            self._record(doc.id, decide)
         if self.catch_up_after_save:
             self.views.catch_up()
         return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=f"{kind}: {message}")
+
+    def flush_heads(self) -> int:
+        """Write the heads of documents polled since the last flush (for the next process)."""
+        return self.heads.flush()
+
+    def _record(self, document_id: str, decide: Callable[[Document], Any]
+                ) -> tuple[Document, Any, float]:
+        """Decide on the document's head if that is enough, on the whole aggregate otherwise;
+        save; returns the aggregate, what `decide` returned and the append's duration."""
+        aggregate = self._take(document_id)
+        try:
+            decided = decide(aggregate)
+        except NeedsClausesError:
+            aggregate = self._get(document_id)
+            decided = decide(aggregate)
+        started = time.perf_counter()
+        try:
+            self.app.save(aggregate)
+        except IntegrityError:
+            if not aggregate.is_partial:
+                raise
+            # The head was stale (another replica, or a crash before its head was written).
+            self.heads.forget(document_id)
+            aggregate = self._get(document_id)
+            decided = decide(aggregate)
+            self.app.save(aggregate)
+        append_seconds = time.perf_counter() - started
+        self.heads.put(document_id, aggregate.head())
+        return aggregate, decided, append_seconds
 
     def reclassify(self, *, attempts: int = 3) -> dict[str, int]:
         """Classify every document's current clauses with the taxonomy in use.
@@ -241,6 +293,7 @@ class ClauseWatch:
                         break
                     try:
                         self.app.save(aggregate)
+                        self.heads.put(document_id, aggregate.head())
                         break
                     except IntegrityError:
                         # A running daemon captured this document meanwhile: load it again.
@@ -251,10 +304,21 @@ class ClauseWatch:
         return result
 
     def _take(self, document_id: str) -> Document:
-        """The aggregate validators() loaded for this poll, or a fresh load."""
+        """The aggregate validators() loaded for this poll, else one built from the
+        document's head, else a fresh load."""
         with self._locks_guard:
             aggregate = self._loaded.pop(document_id, None)
-        return aggregate if aggregate is not None else self._get(document_id)
+        if aggregate is not None:
+            return aggregate
+        head = self.heads.get(document_id)
+        # One event past the head: every 50th is saved from the whole aggregate, which the
+        # store snapshots, so loading a document never replays more than 50 events.
+        if head is not None and (head["version"] + 1) % self.app.SNAPSHOT_EVERY:
+            try:
+                return Document.from_head(head)
+            except (KeyError, ValueError, TypeError):
+                self.heads.forget(document_id)  # written by another release: reload
+        return self._get(document_id)
 
     def _get(self, document_id: str) -> Document:
         try:

@@ -49,6 +49,20 @@ class CaptureFacts:
     redirects: tuple[str, ...] = field(default_factory=tuple)
 
 
+class NeedsClausesError(RuntimeError):
+    """A decision needs the clause list, which an aggregate built from its head lacks."""
+
+    def __str__(self) -> str:
+        return "this decision needs the whole document: load the aggregate from the store"
+
+
+# The fields of a Document a poll reads, besides its clauses: see Document.head().
+HEAD_FIELDS = ("slug", "platform", "title", "url", "taxonomy_version", "text_sha256",
+               "text_length", "last_sha256", "last_outcome", "last_reason", "etag",
+               "last_modified", "captures", "failures", "consecutive_failures")
+HEAD_LAYOUT = 1
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CaptureResult:
     """What a capture decided: its outcome, why it is suspect, and how many clauses changed."""
@@ -96,6 +110,52 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
         self.failures = 0
         self.consecutive_failures = 0
 
+    # The head: what most polls need ----------------------------------------------------
+
+    def head(self) -> dict[str, Any]:
+        """The document's state without its clause list, at this version (JSON-safe).
+
+        Most polls (a 304, the same bytes, new markup around the same text) decide on these
+        facts alone; `from_head` turns them back into an aggregate that can record them.
+        """
+        head: dict[str, Any] = {name: getattr(self, name) for name in HEAD_FIELDS}
+        head.update(layout=HEAD_LAYOUT, version=self.version,
+                    created_on=self.created_on.isoformat(),
+                    modified_on=self.modified_on.isoformat(), clause_count=self.clause_count)
+        return head
+
+    @classmethod
+    def from_head(cls, head: dict[str, Any]) -> Document:
+        """An aggregate at the head's version that knows everything but its clauses.
+
+        It records what needs no clause list (a 304, the same bytes or text, a suspect page,
+        a failure); a decision that needs the clauses raises NeedsClausesError. Its events
+        follow the head's version, so the store refuses them if the head was not the latest.
+        """
+        if head.get("layout") != HEAD_LAYOUT:
+            raise ValueError(f"unknown head layout {head.get('layout')!r}")
+        document = cls.__new__(cls)
+        document.__base_init__(document_uuid(head["slug"]), int(head["version"]),
+                               datetime.fromisoformat(head["created_on"]))
+        document.modified_on = datetime.fromisoformat(head["modified_on"])
+        for name in HEAD_FIELDS:
+            setattr(document, name, head[name])
+        document.clauses = None  # type: ignore[assignment]
+        document._clause_count = int(head["clause_count"])
+        return document
+
+    @property
+    def is_partial(self) -> bool:
+        """True for an aggregate built from a head: it has no clause list."""
+        return self.clauses is None
+
+    @property
+    def clause_count(self) -> int:
+        """How many clauses the document has now."""
+        if self.clauses is None:
+            return self._clause_count
+        return len(self.clauses)
+
     @classmethod
     def register(cls, *, slug: str, platform: str, title: str, url: str) -> Document:
         """Start tracking a document under its stable slug."""
@@ -131,7 +191,7 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
                 raise ValueError("extraction may only be skipped for the last capture's bytes")
             outcome = SUSPECT if self.last_outcome == SUSPECT else UNCHANGED
             self._captured(facts, outcome=outcome, reason=self.last_reason,
-                           text_sha256=None, text_length=None, clause_count=len(self.clauses))
+                           text_sha256=None, text_length=None, clause_count=self.clause_count)
             return CaptureResult(outcome=outcome, reason=self.last_reason)
 
         text_sha256 = sha256_hex(extraction.text)
@@ -145,8 +205,11 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
 
         if text_sha256 == self.text_sha256:
             self._captured(facts, outcome=UNCHANGED, reason=None, text_sha256=text_sha256,
-                           text_length=len(extraction.text), clause_count=len(self.clauses))
+                           text_length=len(extraction.text), clause_count=self.clause_count)
             return CaptureResult(outcome=UNCHANGED)
+
+        if self.clauses is None:
+            raise NeedsClausesError()
 
         capture_no = self.captures + 1
         old = {} if baseline else {c["id"]: c for c in self.clauses}
@@ -204,6 +267,8 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
         One ClausesReclassified event lists the clauses whose categories differ, before and
         after: history is appended to, never rewritten. Nothing is recorded if none differ.
         """
+        if self.clauses is None:
+            raise NeedsClausesError()
         changed = []
         for clause in self.clauses:
             before = clause.get("categories")

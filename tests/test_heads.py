@@ -1,0 +1,205 @@
+"""Document heads: most polls decide on a document's head instead of loading its aggregate.
+
+The domain half: an aggregate built from a head records a 304, the same bytes, new markup
+around the same text, a suspect page and a failure exactly as the whole aggregate does, and
+refuses what needs the clause list. The service half: a poll of an unchanged page loads no
+aggregate, a stale head falls back to the store, heads outlive the process, and snapshots
+are still taken every 50 events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import DocumentSettings, StoreSettings
+from daemon.check import check_all
+from daemon.service import ClauseWatch
+from daemon.store import open_store
+from domain.document import Document, NeedsClausesError
+from domain.extract import extract
+from harness import LOOPBACK_FETCH, PageServer
+from test_document import CLAUSES, ERROR_PAGE, capture, facts, new_document, page
+
+# Fields an event records from the decision (its id and timestamp are the only others).
+_SAME = ("originator_version", "outcome", "reason", "sha256", "text_sha256", "text_length",
+         "clause_count", "clauses", "changes", "http_status", "etag", "last_modified")
+
+
+def _settled() -> Document:
+    doc = new_document()
+    capture(doc, page(noise="a"), etag='"a"')
+    capture(doc, page(CLAUSES[:4], noise="b"), at=1, etag='"b"')
+    doc.collect_events()
+    return doc
+
+
+def _twins() -> tuple[Document, Document]:
+    whole = _settled()
+    partial = Document.from_head(json.loads(json.dumps(whole.head())))
+    return whole, partial
+
+
+def _event(doc: Document) -> dict[str, Any]:
+    [event] = doc.collect_events()
+    return {name: getattr(event, name, None) for name in _SAME} | {"type": type(event).__name__}
+
+
+@pytest.mark.parametrize("case", ["not_modified", "same_bytes", "markup", "suspect", "failure"])
+def test_a_head_decides_what_needs_no_clauses_as_the_whole_aggregate_does(case: str) -> None:
+    whole, partial = _twins()
+    assert partial.is_partial and not whole.is_partial
+    assert (partial.id, partial.version, partial.clause_count) == (
+        whole.id, whole.version, whole.clause_count)
+    for doc in (whole, partial):
+        if case == "not_modified":
+            result = doc.record_not_modified(captured_at=facts(b"").captured_at,
+                                             requested_url="https://x.test/p",
+                                             final_url="https://x.test/p")
+        elif case == "same_bytes":
+            result = doc.record_capture(facts(page(CLAUSES[:4], noise="b"), at=2), None)
+        elif case == "markup":
+            body = page(CLAUSES[:4], noise="c")
+            result = doc.record_capture(facts(body, at=2), extract(body, select="main"))
+        elif case == "suspect":
+            result = capture(doc, ERROR_PAGE, at=2)
+        else:
+            doc.record_failure(captured_at=facts(b"").captured_at, requested_url="x",
+                               error_kind="timeout", message="slow")
+            result = None
+        if doc is whole:
+            expected_result, expected_event = result, _event(doc)
+    assert result == expected_result
+    assert _event(partial) == expected_event
+    # The same state after it (modified_on is the moment each event was made).
+    assert {**partial.head(), "modified_on": None} == {**whole.head(), "modified_on": None}
+
+
+def test_a_head_refuses_what_needs_the_clauses() -> None:
+    whole, partial = _twins()
+    with pytest.raises(NeedsClausesError):
+        capture(partial, page(CLAUSES, noise="c"), at=2)  # a clause came back: a change
+    assert partial.collect_events() == []
+    with pytest.raises(NeedsClausesError):
+        partial.reclassify(lambda text: [], "v2")
+    assert capture(whole, page(CLAUSES, noise="c"), at=2).outcome == "changed"
+
+
+def test_a_head_of_an_unknown_layout_is_refused() -> None:
+    head = _settled().head() | {"layout": 99}
+    with pytest.raises(ValueError, match="layout"):
+        Document.from_head(head)
+
+
+# The service ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_settings(tmp_path: Path) -> StoreSettings:
+    return StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+
+
+@pytest.fixture
+def service(store_settings: StoreSettings, tmp_path: Path) -> Iterator[ClauseWatch]:
+    store = open_store(store_settings, tmp_path / "data")
+    yield ClauseWatch(store)
+    store.close()
+
+
+class _Loads:
+    """Counts the aggregates the service loads from the store."""
+
+    def __init__(self, service: ClauseWatch, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = service.app.repository.get
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(service.app.repository, "get", counted)
+
+
+def _doc(server: PageServer) -> DocumentSettings:
+    return DocumentSettings(id="example/privacy", platform="Example", title="Privacy Policy",
+                            url=server.url("/privacy"), select="main", robots=False)
+
+
+async def test_unchanged_polls_load_no_aggregate_and_a_change_loads_it(
+        service: ClauseWatch, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES, noise="1").decode(), etag='"1"')
+    [baseline] = await check_all(service, LOOPBACK_FETCH, [doc])
+    loads = _Loads(service, monkeypatch)
+    # A 304, then new markup around the same text: both decided on the head.
+    [same] = await check_all(service, LOOPBACK_FETCH, [doc])
+    page_server.set("/privacy", page(CLAUSES, noise="2").decode(), etag='"2"')
+    [markup] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert [h.status for h in page_server.hits("/privacy")] == [200, 304, 200]
+    assert (same.outcome, markup.outcome, loads.count) == ("unchanged", "unchanged", 0)
+    assert same.clauses == markup.clauses == baseline.clauses
+    # A real change needs the clauses: the aggregate is loaded, the change recorded.
+    page_server.set("/privacy", page(CLAUSES[:3], noise="3").decode(), etag='"3"')
+    [changed] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (changed.outcome, changed.kinds, loads.count) == ("changed", ("removed", "removed"), 1)
+    assert service.document(doc.id)["captures"] == 4
+    assert [c["kind"] for c in service.changes(document=doc.id)] == ["removed", "removed"]
+
+
+async def test_a_stale_head_falls_back_to_the_store(
+        service: ClauseWatch, store_settings: StoreSettings, tmp_path: Path,
+        page_server: PageServer) -> None:
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES).decode(), etag='"1"')
+    await check_all(service, LOOPBACK_FETCH, [doc])
+    # Another process (a replica) polls the document meanwhile: our head is one behind.
+    other_store = open_store(store_settings, tmp_path / "data")
+    try:
+        other = ClauseWatch(other_store)
+        await check_all(other, LOOPBACK_FETCH, [doc])
+        behind = service.heads.get(doc.id)
+        assert behind is not None and behind["version"] < other.heads.get(doc.id)["version"]
+    finally:
+        other_store.close()
+    # Our next poll is refused on the stale version, reloads and records all the same.
+    [again] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert again.outcome == "unchanged"
+    assert service.document(doc.id)["captures"] == 3
+    aggregate = service.app.repository.get(Document.from_head(behind).id)
+    assert aggregate.version == service.heads.get(doc.id)["version"] == behind["version"] + 2
+
+
+async def test_heads_outlive_the_process_and_are_checked_against_the_store(
+        service: ClauseWatch, store_settings: StoreSettings, tmp_path: Path,
+        page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES).decode(), etag='"1"')
+    await check_all(service, LOOPBACK_FETCH, [doc])  # check_all writes the heads at its end
+    next_store = open_store(store_settings, tmp_path / "data")
+    try:
+        later = ClauseWatch(next_store)
+        loads = _Loads(later, monkeypatch)
+        [outcome] = await check_all(later, LOOPBACK_FETCH, [doc])
+        assert (outcome.outcome, loads.count) == ("unchanged", 0)
+        written = next_store.db.query("SELECT version FROM cw_heads WHERE document = ?",
+                                      (doc.id,))
+        assert [r["version"] for r in written] == [later.heads.get(doc.id)["version"]]
+    finally:
+        next_store.close()
+
+
+async def test_snapshots_are_still_taken_every_50_events(
+        service: ClauseWatch, page_server: PageServer) -> None:
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES).decode(), etag='"1"')
+    for _ in range(105):
+        await check_all(service, LOOPBACK_FETCH, [doc])
+    aggregate_id = Document.from_head(service.heads.get(doc.id)).id
+    versions = [s.originator_version for s in service.app.snapshots.get(aggregate_id)]
+    assert versions == [50, 100]
+    # And the aggregate they rebuild is the one the heads describe.
+    assert service.app.repository.get(aggregate_id).head() == service.heads.get(doc.id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable
+import re._parser as _sre_parse  # the parser `re` itself uses: to read literals out of patterns
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +47,10 @@ _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]*_]|$)|\n|<br\s*/?>|\||(?<=\s)\*(?
 _ABBREVIATIONS = ("e.g", "i.e", "u.s", "u.k", "etc", "inc", "ltd", "no", "art", "sec", "vs", "cf")
 _LAST_WORD = re.compile(r"[\w.]+$")
 _WORDS = re.compile(r"\w+")
+# Characters that a case-insensitive pattern lets stand for an ASCII letter although they are
+# not one after folding (İ and ı for i, ſ for s, the Kelvin sign for k): a text holding one
+# skips the literal prefilter of patterns (tests/test_classify_fast.py checks the list).
+_CASE_ODD = re.compile("[\u0130\u0131\u017f\u212a]")
 
 
 def fold(text: str) -> str:
@@ -120,6 +126,243 @@ class _Terms:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Need:
+    """One of these words of the text, or one of these literals anywhere in it, is needed."""
+
+    words: frozenset[str]
+    literals: tuple[str, ...]
+
+    def met(self, words: set[str], folded: str) -> bool:
+        """Whether the text (its words, its folded form) meets the need."""
+        if not self.words.isdisjoint(words):
+            return True
+        for literal in self.literals:
+            if literal in folded:
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """A necessary condition for a rule to match a folded text, cheap to test.
+
+    A phrase can only match a text holding each whole word of it as a word (a term's words are
+    matched between word boundaries; a trailing * leaves the last word's ending open), so
+    `phrases` holds each phrase's words and `prefixes` what a phrase of one open-ended word
+    needs. A pattern can only match a text meeting each of its `patterns` needs (literals read
+    out of the regex that every match spells). `keys` and `key_literals` hold one word or
+    literal of every phrase and of the first need of every pattern: a text with none of them
+    cannot match. A closed gate means the rule cannot fire; an open one means nothing: the
+    regexes decide. `always`: some pattern has no need we could read; the gate is always open.
+    """
+
+    keys: frozenset[str]
+    key_literals: tuple[str, ...]
+    phrases: tuple[frozenset[str], ...]
+    prefixes: tuple[str, ...]
+    patterns: tuple[tuple[_Need, ...], ...]
+    always: bool
+
+    def open(self, words: set[str], folded: str, case_odd: bool) -> bool:
+        """Whether the rule may match a text with these words (False: it cannot)."""
+        if self.always:
+            return True
+        for needed in self.phrases:
+            if needed <= words:
+                return True
+        for prefix in self.prefixes:
+            if prefix in folded:
+                return True
+        if self.patterns and case_odd:
+            return True
+        for needs in self.patterns:
+            for need in needs:
+                if not need.met(words, folded):
+                    break
+            else:
+                return True
+        return False
+
+
+def _gate(phrases: Iterable[str], patterns: Iterable[str]) -> _Gate:
+    """The prefilter for a rule's phrases and patterns."""
+    keys: set[str] = set()
+    key_literals: set[str] = set()
+    needed: set[frozenset[str]] = set()
+    prefixes: set[str] = set()
+    always = False
+    for term in phrases:
+        term_words = fold(term.rstrip("*")).split()
+        pieces = [piece for word in term_words for piece in _WORDS.findall(word)]
+        open_end = term.endswith("*") and bool(re.search(r"\w$", term_words[-1]))
+        whole = pieces[:-1] if open_end else pieces
+        if whole:
+            keys.add(max(whole, key=len))
+            needed.add(frozenset(whole))
+        else:
+            # One open-ended word (or no word character at all): its literal start is needed.
+            prefixes.add(pieces[-1] if pieces else term_words[0])
+    key_literals |= prefixes
+    needs_per_pattern = []
+    for pattern in patterns:
+        try:
+            needs = _pattern_needs(pattern)
+        except Exception:  # noqa: BLE001 - a form the reader does not know: no prefilter
+            needs = ()
+        if not needs:
+            always = True
+        else:
+            keys |= needs[0].words
+            key_literals |= set(needs[0].literals)
+        needs_per_pattern.append(needs)
+    return _Gate(keys=frozenset(keys), key_literals=tuple(sorted(key_literals)),
+                 phrases=tuple(sorted(needed, key=sorted)), prefixes=tuple(sorted(prefixes)),
+                 patterns=tuple(needs_per_pattern), always=always)
+
+
+# Reading literals out of a pattern: the strings a part of the regex can match, \b written as
+# _BOUNDARY (a character no pattern literal is read as), at most _MAX_STRINGS of them.
+_BOUNDARY = "\0"
+_MAX_STRINGS = 64
+
+
+def _pattern_needs(pattern: str) -> tuple[_Need, ...]:
+    """What a text needs for the case-insensitive pattern to match it, most selective first."""
+    parsed = _sre_parse.parse(pattern, re.IGNORECASE)
+    # Word boundaries are Unicode ones (those of _WORDS) unless the pattern says otherwise.
+    unicode_words = not parsed.state.flags & (re.ASCII | re.LOCALE)
+    needs = []
+    for strings in _needed(parsed, unicode_words):
+        words: set[str] = set()
+        literals: set[str] = set()
+        for string in strings:
+            # A run of word characters with a boundary or a non-word character on each side is
+            # a whole word of the text; else the string itself must be somewhere in the text.
+            whole = [found.group() for found in _WORDS.finditer(string)
+                     if found.start() > 0 and found.end() < len(string)]
+            literal = string.replace(_BOUNDARY, "")
+            # A short word ("to" of "access to") is in most texts: the literal says more.
+            if whole and 2 * len(word := max(whole, key=len)) >= min(len(literal), 8):
+                words.add(word)
+            elif literal:
+                literals.add(literal)
+            else:
+                break
+        else:
+            needs.append(_Need(words=frozenset(words), literals=tuple(sorted(literals))))
+    return tuple(needs)
+
+
+def _strings(items: Iterable[tuple[object, object]], unicode_words: bool) -> set[str] | None:
+    """Every string a regex sequence can match, when they are few and made of ASCII literals."""
+    found = {""}
+    for op, arg in items:
+        options = _item_strings(op, arg, unicode_words)
+        if options is None:
+            return None
+        found = {head + tail for head in found for tail in options}
+        if len(found) > _MAX_STRINGS:
+            return None
+    return found
+
+
+def _item_strings(op: object, arg: Any, unicode_words: bool) -> set[str] | None:
+    """The strings one regex item can match (None: too many, or not only literals)."""
+    c = _sre_parse
+    if op is c.LITERAL:
+        char = chr(arg)
+        # Case-insensitive, over lower-cased text: the lower-case letter is what occurs (the
+        # non-ASCII letters that also match an ASCII one are _CASE_ODD's business).
+        return {char.lower()} if char.isascii() and char != _BOUNDARY else None
+    if op is c.AT:
+        # A word boundary spells nothing but marks where a word ends; other anchors, nothing.
+        return {_BOUNDARY} if arg is c.AT_BOUNDARY and unicode_words else {""}
+    if op is c.SUBPATTERN:
+        _group, add_flags, del_flags, inner = arg
+        return None if add_flags or del_flags else _strings(inner, unicode_words)
+    if op is c.BRANCH:
+        found: set[str] = set()
+        for alternative in arg[1]:
+            options = _strings(alternative, unicode_words)
+            if options is None:
+                return None
+            found |= options
+        return found if len(found) <= _MAX_STRINGS else None
+    if op is c.IN:
+        found = set()
+        for inner_op, inner_arg in arg:
+            if inner_op is not c.LITERAL or not chr(inner_arg).isascii():
+                return None
+            found.add(chr(inner_arg).lower())
+        return found
+    if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+        low, high, inner = arg
+        once = _strings(inner, unicode_words) if high <= 3 else None
+        if once is None:
+            return None
+        found, current = set(), {""}
+        for count in range(high + 1):
+            if count >= low:
+                found |= current
+            current = {head + tail for head in current for tail in once}
+            if len(found) > _MAX_STRINGS:
+                return None
+        return found
+    return None
+
+
+def _needed(items: Iterable[tuple[object, Any]], unicode_words: bool) -> list[tuple[str, ...]]:
+    """String sets a match of the regex sequence spells one of (each set: one of its strings).
+
+    Consecutive items with few possible strings spell a run of text every match contains;
+    groups and repeats that must occur add their own sets. Most selective set first.
+    """
+    c = _sre_parse
+    sets: list[set[str]] = []
+    run = {""}
+
+    def close() -> None:
+        if all(string.strip(_BOUNDARY) for string in run):
+            sets.append(run)
+
+    for op, arg in items:
+        options = _item_strings(op, arg, unicode_words)
+        if options is not None:
+            joined = {head + tail for head in run for tail in options}
+            if len(joined) <= _MAX_STRINGS:
+                run = joined
+            else:
+                close()
+                run = options
+            continue
+        close()
+        run = {""}
+        if op is c.SUBPATTERN and not arg[1] and not arg[2]:
+            sets.extend(set(found) for found in _needed(arg[3], unicode_words))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and arg[0] >= 1:
+            sets.extend(set(found) for found in _needed(arg[2], unicode_words))
+        elif op is c.BRANCH:
+            # Each alternative spells one string of its best set: together, one set.
+            union: set[str] = set()
+            for alternative in arg[1]:
+                best = _needed(alternative, unicode_words)
+                if not best:
+                    break
+                union |= set(best[0])
+            else:
+                if len(union) <= _MAX_STRINGS:
+                    sets.append(union)
+    close()
+    reduced = []
+    for found in sets:
+        # A string holding another of the set adds nothing: the shorter one is there anyway.
+        reduced.append(tuple(sorted(s for s in found if not any(o != s and o in s for o in found))))
+    # Longer strings are rarer: the set whose shortest string is longest goes first.
+    unique = dict.fromkeys(reduced)
+    return sorted(unique, key=lambda found: (-min(map(len, found)), len(found), found))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     """One way a category shows up: phrases or patterns, gated by require and exclude terms."""
@@ -134,6 +377,8 @@ class Rule:
     _pattern_res: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _require_re: _Terms | None = field(init=False, repr=False, compare=False)
     _exclude_re: _Terms | None = field(init=False, repr=False, compare=False)
+    # The prefilter (see _Gate): words and literals without which nothing can match.
+    _gate: _Gate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.phrases and not self.patterns:
@@ -149,6 +394,7 @@ class Rule:
         )
         object.__setattr__(self, "_require_re", _alternation(self.require))
         object.__setattr__(self, "_exclude_re", _alternation(self.exclude))
+        object.__setattr__(self, "_gate", _gate(self.phrases, self.patterns))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,12 +419,14 @@ class Taxonomy:
     """The categories a clause can be tagged with."""
 
     categories: tuple[Category, ...]
+    _index: _Index = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = [category.id for category in self.categories]
         duplicates = sorted({cid for cid in ids if ids.count(cid) > 1})
         if duplicates:
             raise ValueError(f"duplicate category ids: {', '.join(duplicates)}")
+        object.__setattr__(self, "_index", _Index.of(self.categories))
 
     def category(self, category_id: str) -> Category:
         """The category with this id."""
@@ -186,6 +434,55 @@ class Taxonomy:
             if category.id == category_id:
                 return category
         raise KeyError(category_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Index:
+    """Every rule of a taxonomy, in order, and which rules' gates a word or literal opens.
+
+    A rule is worth testing for a text when the text holds one of its gate's keys (words) or
+    key literals, or when its gate is always open, or (patterns only) when the text holds a
+    _CASE_ODD character; the others cannot match it.
+    """
+
+    rules: tuple[tuple[int, Rule], ...]  # (index of the category, rule)
+    by_word: dict[str, tuple[int, ...]]
+    words: frozenset[str]
+    by_literal: tuple[tuple[str, tuple[int, ...]], ...]
+    always: frozenset[int]
+    patterned: frozenset[int]
+
+    @classmethod
+    def of(cls, categories: tuple[Category, ...]) -> _Index:
+        """The index of these categories' rules."""
+        rules = tuple((c, rule) for c, category in enumerate(categories) for rule in category.rules)
+        by_word: dict[str, list[int]] = {}
+        by_literal: dict[str, list[int]] = {}
+        for i, (_c, rule) in enumerate(rules):
+            for word in rule._gate.keys:
+                by_word.setdefault(word, []).append(i)
+            for literal in rule._gate.key_literals:
+                by_literal.setdefault(literal, []).append(i)
+        return cls(
+            rules=rules,
+            by_word={word: tuple(ids) for word, ids in by_word.items()},
+            words=frozenset(by_word),
+            by_literal=tuple((literal, tuple(ids)) for literal, ids in sorted(by_literal.items())),
+            always=frozenset(i for i, (_c, rule) in enumerate(rules) if rule._gate.always),
+            patterned=frozenset(i for i, (_c, rule) in enumerate(rules) if rule._gate.patterns),
+        )
+
+    def candidates(self, words: set[str], folded: str, case_odd: bool) -> list[int]:
+        """Indexes of the rules that may match the text, in taxonomy order."""
+        found = set(self.always)
+        for word in self.words & words:
+            found.update(self.by_word[word])
+        for literal, ids in self.by_literal:
+            if literal in folded:
+                found.update(ids)
+        if case_odd:
+            found |= self.patterned
+        return sorted(found)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,27 +520,57 @@ class CategoryMatch:
 def classify(taxonomy: Taxonomy, text: str) -> tuple[CategoryMatch, ...]:
     """Categories the text touches, most confident first, then by id."""
     folded = fold(text)
+    # Every rule has a cheap necessary condition (its _Gate) on the text's words and literals:
+    # most rules are ruled out without running one of their regexes. The result is the one
+    # reference_classify gives, which runs them all.
+    words = set(_WORDS.findall(folded))
+    case_odd = _CASE_ODD.search(folded) is not None
+    index = taxonomy._index
+    bounds: tuple[tuple[int, int], ...] | None = None
+    hits: dict[int, list[RuleHit]] = {}
+    for i in index.candidates(words, folded, case_odd):
+        c, rule = index.rules[i]
+        if not rule._gate.open(words, folded, case_odd) or not _found(rule, folded):
+            continue
+        if bounds is None:
+            bounds = _sentence_bounds(folded)
+        hit = _in_sentences(rule, text, folded, bounds)
+        if hit is not None:
+            hits.setdefault(c, []).append(hit)
+    matches = [_category_match(taxonomy.categories[c], tuple(found)) for c, found in hits.items()]
+    return tuple(sorted(matches, key=lambda match: (-match.confidence, match.category_id)))
+
+
+def reference_classify(taxonomy: Taxonomy, text: str) -> tuple[CategoryMatch, ...]:
+    """What classify returns, computed the plain way: every regex of every rule on the text.
+
+    Slow; kept so that tests and bench/classify_speed.py can check the prefilters change
+    nothing.
+    """
+    folded = fold(text)
     bounds = _sentence_bounds(folded)
     matches = []
     for category in taxonomy.categories:
         hits = tuple(hit for rule in category.rules if (hit := _apply(rule, text, folded, bounds)))
-        if not hits:
-            continue
-        # Noisy-OR: each agreeing rule closes part of the remaining doubt.
-        doubt = 1.0
-        for hit in hits:
-            doubt *= 1.0 - hit.strength
-        matches.append(
-            CategoryMatch(
-                category_id=category.id,
-                name=category.name,
-                severity=category.severity,
-                regulations=category.regulations,
-                confidence=round(1.0 - doubt, 3),
-                evidence=hits,
-            )
-        )
+        if hits:
+            matches.append(_category_match(category, hits))
     return tuple(sorted(matches, key=lambda match: (-match.confidence, match.category_id)))
+
+
+def _category_match(category: Category, hits: tuple[RuleHit, ...]) -> CategoryMatch:
+    """The category's match from the hits of its rules."""
+    # Noisy-OR: each agreeing rule closes part of the remaining doubt.
+    doubt = 1.0
+    for hit in hits:
+        doubt *= 1.0 - hit.strength
+    return CategoryMatch(
+        category_id=category.id,
+        name=category.name,
+        severity=category.severity,
+        regulations=category.regulations,
+        confidence=round(1.0 - doubt, 3),
+        evidence=hits,
+    )
 
 
 def _sentence_bounds(folded: str) -> tuple[tuple[int, int], ...]:
@@ -274,9 +601,21 @@ def _apply(
     """The rule's hit on the text, or None when nothing matched or every match was vetoed."""
     # Most rules match nothing in most clauses: one search over the whole text rules them out
     # before the sentence-by-sentence pass (which can only find less).
-    if not ((rule._phrase_re is not None and rule._phrase_re.regex.search(folded))
-            or any(regex.search(folded) for regex in rule._pattern_res)):
+    if not _found(rule, folded):
         return None
+    return _in_sentences(rule, text, folded, bounds)
+
+
+def _found(rule: Rule, folded: str) -> bool:
+    """Whether a phrase or pattern of the rule matches anywhere in the folded text."""
+    return bool((rule._phrase_re is not None and rule._phrase_re.regex.search(folded))
+                or any(regex.search(folded) for regex in rule._pattern_res))
+
+
+def _in_sentences(
+    rule: Rule, text: str, folded: str, bounds: tuple[tuple[int, int], ...]
+) -> RuleHit | None:
+    """The rule's hit, sentence by sentence (None: no match survived its sentence's terms)."""
     kept: list[Span] = []
     support: list[Span] = []
     # Matching sentence by sentence keeps a pattern from joining words of two clauses.
@@ -327,24 +666,37 @@ def _strength(rule: Rule, kept: list[Span], corroborated: bool) -> float:
 ClauseCategories = list[dict[str, Any]]
 
 
-def clause_classifier(taxonomy: Taxonomy) -> Callable[[str], ClauseCategories]:
+# Distinct clause texts the function clause_classifier returns remembers: identical clauses
+# recur across captures, documents and locales. A few thousand clauses of a few hundred
+# characters: a few megabytes.
+CLAUSE_MEMO_SIZE = 4096
+
+
+def clause_classifier(
+    taxonomy: Taxonomy, *, memo_size: int = CLAUSE_MEMO_SIZE
+) -> Callable[[str], ClauseCategories]:
     """A function giving a clause's categories as plain dicts, the shape stored in events.
 
     Each dict holds id, name, severity, confidence and the ids of the rules that fired (how
     the clause was classified); lists, not tuples, so a stored event compares equal to a
-    fresh classification.
+    fresh classification. The function remembers the last `memo_size` distinct texts it
+    classified (0: none); each call returns new lists and dicts, so a caller may change them.
     """
+
+    def frozen(text: str) -> tuple[tuple[str, str, str, float, tuple[str, ...]], ...]:
+        return tuple(
+            (match.category_id, match.name, match.severity, match.confidence,
+             tuple(hit.rule_id for hit in match.evidence))
+            for match in classify(taxonomy, text)
+        )
+
+    remembered = functools.lru_cache(maxsize=memo_size)(frozen) if memo_size > 0 else frozen
 
     def categories(text: str) -> ClauseCategories:
         return [
-            {
-                "id": match.category_id,
-                "name": match.name,
-                "severity": match.severity,
-                "confidence": match.confidence,
-                "rules": [hit.rule_id for hit in match.evidence],
-            }
-            for match in classify(taxonomy, text)
+            {"id": cid, "name": name, "severity": severity, "confidence": confidence,
+             "rules": list(rules)}
+            for cid, name, severity, confidence, rules in remembered(text)
         ]
 
     return categories

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# zlib's default level: as small as level 9 on policy pages (within 1 %) at a third of the CPU.
-_LEVEL = 6
+# Level 1: a 290 kB policy page in 2 ms instead of 7 ms at level 6, about 20 % larger. Every
+# new byte string of every page is compressed once, on the polling path.
+_LEVEL = 1
 
 
 class EvidenceError(Exception):

@@ -27,7 +27,7 @@ from domain.document import (
     document_uuid,
 )
 from domain.errors import DomainError
-from domain.extract import Extraction, extract
+from domain.extract import Extraction, SameRegion, extract
 from domain.suspect import SuspectPolicy
 
 FAILED = "failed"
@@ -161,7 +161,7 @@ class ClauseWatch:
             except IntegrityError:
                 self.heads.forget(doc.id)
                 continue  # another replica registered it at the same moment
-            self.heads.put(doc.id, aggregate.head())
+            self._remember(doc.id, aggregate)
         self.views.catch_up()
         return registered
 
@@ -200,7 +200,7 @@ class ClauseWatch:
                 content_type=result.content_type, sha256=sha256, size=len(result.body),
                 etag=result.etag, last_modified=result.last_modified,
                 redirects=result.redirects)
-        extracted: list[Extraction] = []
+        extracted: list[Extraction | SameRegion] = []
 
         def decide(aggregate: Document) -> CaptureResult:
             if facts is None:
@@ -210,19 +210,30 @@ class ClauseWatch:
                     captured_at=result.fetched_at, requested_url=result.requested_url,
                     final_url=result.final_url)
             # Same bytes as last time: nothing to extract or compare.
-            extraction = None
-            if facts.sha256 != aggregate.last_sha256 or aggregate.last_outcome is None:
-                if not extracted:  # at most once, whichever aggregate decides
-                    extracted.append(extract(result.body,
-                                             doc.content_type or result.content_type,
-                                             select=doc.select, remove=doc.remove))
-                extraction = extracted[0]
+            if facts.sha256 == aggregate.last_sha256 and aggregate.last_outcome is not None:
+                return aggregate.record_capture(facts, None)
+            # New bytes, but the region the last good text came from may be the same.
+            known = self._region(doc.id, aggregate)
+            if not extracted or (isinstance(extracted[0], SameRegion)
+                                 and extracted[0].region != known):
+                extracted[:] = [extract(result.body, doc.content_type or result.content_type,
+                                        select=doc.select, remove=doc.remove,
+                                        unless_region=known)]
+            extraction = extracted[0]
+            if isinstance(extraction, SameRegion):
+                return aggregate.record_same_text(facts)
             return aggregate.record_capture(
                 facts, extraction, policy=self.policy,
                 threshold=self.detection.similarity_threshold, classify=self.classify)
 
         with self._lock(doc.id):
             aggregate, capture, append_seconds = self._record(doc.id, decide)
+            region = extracted[0] if extracted else None
+            if isinstance(region, Extraction) and region.region and capture.outcome != "suspect":
+                # The text this page gave is now the last good text: remember its region.
+                self._remember(doc.id, aggregate, region=region.region)
+            else:
+                self._remember(doc.id, aggregate)
         if self.catch_up_after_save:
             self.views.catch_up()
         return _outcome(doc.id, capture, aggregate.last_sha256, aggregate.clause_count,
@@ -238,7 +249,8 @@ class ClauseWatch:
                                      message=message, http_status=status)
 
         with self._lock(doc.id):
-            self._record(doc.id, decide)
+            aggregate, _, _ = self._record(doc.id, decide)
+            self._remember(doc.id, aggregate)
         if self.catch_up_after_save:
             self.views.catch_up()
         return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=f"{kind}: {message}")
@@ -269,8 +281,25 @@ class ClauseWatch:
             decided = decide(aggregate)
             self.app.save(aggregate)
         append_seconds = time.perf_counter() - started
-        self.heads.put(document_id, aggregate.head())
         return aggregate, decided, append_seconds
+
+    def _region(self, document_id: str, aggregate: Document) -> str | None:
+        """The region key of the page the document's last good text came from, if known."""
+        head = self.heads.get(document_id)
+        region = head.get("region") if head is not None else None
+        if region and aggregate.text_sha256 and region.get("text") == aggregate.text_sha256:
+            return str(region["key"])
+        return None
+
+    def _remember(self, document_id: str, aggregate: Document, *,
+                  region: str | None = None) -> None:
+        """Keep the head of a saved aggregate, with the region its good text came from."""
+        head = aggregate.head()
+        if region is None:
+            region = self._region(document_id, aggregate)
+        if region is not None:
+            head["region"] = {"text": aggregate.text_sha256, "key": region}
+        self.heads.put(document_id, head)
 
     def reclassify(self, *, attempts: int = 3) -> dict[str, int]:
         """Classify every document's current clauses with the taxonomy in use.
@@ -293,7 +322,7 @@ class ClauseWatch:
                         break
                     try:
                         self.app.save(aggregate)
-                        self.heads.put(document_id, aggregate.head())
+                        self._remember(document_id, aggregate)
                         break
                     except IntegrityError:
                         # A running daemon captured this document meanwhile: load it again.

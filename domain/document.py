@@ -261,6 +261,19 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
         return CaptureResult(outcome=CHANGED, changes=len(alignment.edits),
                              kinds=tuple(e.kind for e in alignment.edits))
 
+    def record_same_text(self, facts: CaptureFacts) -> CaptureResult:
+        """Record new bytes whose text is known to be the last good text, unextracted.
+
+        The caller vouches for it: the watched region of the page is byte for byte that of
+        the capture the last good text was extracted from (domain.extract.SameRegion). The
+        event is the one extracting would have recorded: unchanged, the same text hash.
+        """
+        if self.text_sha256 is None:
+            raise ValueError("there is no good text yet to be the same as")
+        self._captured(facts, outcome=UNCHANGED, reason=None, text_sha256=self.text_sha256,
+                       text_length=self.text_length, clause_count=self.clause_count)
+        return CaptureResult(outcome=UNCHANGED)
+
     def reclassify(self, classify: ClauseClassifier, taxonomy_version: str) -> int:
         """Classify the current clauses again (after a taxonomy change); returns how many changed.
 

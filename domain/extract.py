@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,10 @@ from domain.normalize import normalize_text
 
 # A selector as Open Terms Archive declarations write it: CSS, a range, or a list of both.
 Selector = str | Mapping[str, str] | Sequence[str | Mapping[str, str]]
+
+# Part of every region key: raise it with any change that could alter the blocks extracted
+# from some page, so that no key computed before the change is taken for one computed after.
+EXTRACTOR_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,11 +43,25 @@ class Extraction:
     blocks: tuple[Block, ...]
     selection_matched: bool = True
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # The key of the watched region (see SameRegion); None where there is none to compute
+    # (not HTML, a range selector, nothing selected).
+    region: str | None = None
 
     @property
     def text(self) -> str:
         """All blocks joined, one per line: the document's normalised text."""
         return "\n".join(block.text for block in self.blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class SameRegion:
+    """What `extract(..., unless_region=key)` returns when the page's watched region has that
+    key: the same markup (the selected elements, serialised, and what `remove` drops from
+    them) as the page the key was computed on, so the same blocks. Most new bytes of a
+    policy page are markup outside the policy (scripts, nonces, banners): parsing and
+    selecting tell so without walking the text."""
+
+    region: str
 
 
 _SKIPPED_TAGS = frozenset({
@@ -76,13 +96,18 @@ def extract(
     *,
     select: Selector | None = None,
     remove: Selector | None = None,
-) -> Extraction:
-    """Extract the visible text blocks of a document of any supported content type."""
+    unless_region: str | None = None,
+) -> Extraction | SameRegion:
+    """Extract the visible text blocks of a document of any supported content type.
+
+    With `unless_region`, an HTML page whose watched region has that key is not walked:
+    SameRegion says its blocks are those of the page the key came from.
+    """
     media_type, params = _parse_content_type(content_type)
     if media_type in {"text/html", "application/xhtml+xml", ""} or _looks_like_html(body):
         if media_type not in {"text/plain", "text/markdown", "application/pdf"}:
             return extract_html(decode_text(body, params.get("charset")), select=select,
-                                remove=remove)
+                                remove=remove, unless_region=unless_region)
     if media_type in {"text/markdown", "text/x-markdown"}:
         return extract_markdown(decode_text(body, params.get("charset")))
     if media_type == "text/plain":
@@ -112,7 +137,8 @@ def decode_text(body: bytes, charset: str | None = None) -> str:
 
 
 def extract_html(html: str, *, select: Selector | None = None,
-                 remove: Selector | None = None) -> Extraction:
+                 remove: Selector | None = None,
+                 unless_region: str | None = None) -> Extraction | SameRegion:
     """Extract blocks from HTML, keeping only what `select` picks and dropping what `remove` picks."""
     html = _XML_DECL.sub("", html, count=1)
     if not html.strip():
@@ -132,13 +158,53 @@ def extract_html(html: str, *, select: Selector | None = None,
     drop = _Marks()
     if remove is not None:
         drop.add_all(root, order, remove)
+    region = None
+    if selection_matched and not keep.ranges and not drop.ranges:
+        region = _region_key(root, keep.elements if select is not None else [root],
+                             drop.elements, select, remove)
+        if unless_region is not None and region == unless_region:
+            return SameRegion(region)
     # With CSS selections only, a subtree holding no selected element adds no text: the walk
     # skips it instead of visiting every element of the page.
     around = keep.ancestors() if select is not None and not keep.ranges and not drop.ranges \
         else None
     walker = _Walker(keep if select is not None else None, drop, around=around)
     blocks = tuple(walker.walk(root))
-    return Extraction(blocks=blocks, selection_matched=selection_matched)
+    return Extraction(blocks=blocks, selection_matched=selection_matched, region=region)
+
+
+def _region_key(root: Any, selected: list[Any], dropped: list[Any], select: Selector | None,
+                remove: Selector | None) -> str:
+    """SHA-256 of what the walk of a CSS selection reads: the declarations, each selected
+    element serialised (without its tail) in document order, and where `remove` matched.
+
+    Outside the selected elements the walk reads only their ancestors' tags (a block's
+    kind, a hidden or skipped container) and where `remove` matched, named by absolute
+    path: markup moving around the region changes the key (a walk too many, never a
+    missed change).
+    """
+    digest = hashlib.sha256(json.dumps([EXTRACTOR_VERSION, select, remove],
+                                       sort_keys=True, default=str).encode())
+    unique = list({id(element): element for element in selected}.values())
+    if len(unique) > 1:
+        unique.sort(key=_document_index)
+    for element in unique:
+        digest.update(b"\0")
+        digest.update(etree.tostring(element, with_tail=False))
+        for ancestor in element.iterancestors():
+            attrib = ancestor.attrib
+            digest.update(repr((ancestor.tag, "hidden" in attrib, attrib.get("aria-hidden"),
+                                attrib.get("style"))).encode())
+    if dropped:
+        tree = root.getroottree()
+        digest.update(b"\0\0")
+        digest.update("\0".join(sorted(tree.getpath(e) for e in dropped)).encode())
+    return digest.hexdigest()
+
+
+def _document_index(element: Any) -> int:
+    """An element's position in document order (for the few selected elements only)."""
+    return int(element.xpath("count(preceding::*) + count(ancestor::*)"))
 
 
 def extract_markdown(markdown: str) -> Extraction:

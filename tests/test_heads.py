@@ -202,4 +202,30 @@ async def test_snapshots_are_still_taken_every_50_events(
     versions = [s.originator_version for s in service.app.snapshots.get(aggregate_id)]
     assert versions == [50, 100]
     # And the aggregate they rebuild is the one the heads describe.
-    assert service.app.repository.get(aggregate_id).head() == service.heads.get(doc.id)
+    kept = service.heads.get(doc.id)
+    assert service.app.repository.get(aggregate_id).head() == {
+        k: v for k, v in kept.items() if k != "region"}
+
+
+async def test_new_markup_around_the_same_region_is_not_walked(
+        service: ClauseWatch, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import domain.extract
+
+    walks: list[int] = []
+    original = domain.extract._Walker.walk
+    monkeypatch.setattr(domain.extract._Walker, "walk",
+                        lambda self, root: walks.append(1) or original(self, root))
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES, noise="1").decode())
+    await check_all(service, LOOPBACK_FETCH, [doc])
+    # page() puts its noise in a <script> and a <nav> class: outside <main>.
+    page_server.set("/privacy", page(CLAUSES, noise="2").decode())
+    [markup] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (markup.outcome, len(walks)) == ("unchanged", 1)
+    latest = service.captures(doc.id)[0]
+    first = service.captures(doc.id)[1]
+    assert latest["sha256"] != first["sha256"] and latest["text_sha256"] == first["text_sha256"]
+    # A change inside the region is walked and recorded.
+    page_server.set("/privacy", page(CLAUSES[1:], noise="3").decode())
+    [changed] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (changed.outcome, changed.kinds, len(walks)) == ("changed", ("removed",), 2)

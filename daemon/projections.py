@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from eventsourcing.persistence import JSONTranscoder, find_id_convertor
+from eventsourcing.utils import resolve_topic
+
 from daemon.sql import Database, Transaction
-from domain.document import Document
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS cw_positions (
@@ -101,28 +103,177 @@ NAME = "views"
 
 Decoder = Callable[[Any], Any]
 Reader = Callable[[int, int], Sequence[Any]]
+# An event as the handlers read it: its fields by name, as the domain event's __dict__ holds
+# them, except that a datetime may still be the ISO text the event store keeps (see iso()).
+State = dict[str, Any]
+Handler = Callable[["_Batch", int, State], None]
+
+# Events per transaction: a rebuild replays the whole log, so it takes bigger bites.
+BATCH_SIZE = 2_000
+REBUILD_BATCH_SIZE = 20_000
+# A pending document update, composed from consecutive captures and failures (see _DocDelta).
+_UPDATE_DOCUMENT = """UPDATE cw_documents SET
+      first_tracked = COALESCE(first_tracked, ?),
+      last_verified = CASE WHEN ? THEN ? ELSE last_verified END,
+      last_updated = COALESCE(?, last_updated),
+      last_captured = ?,
+      last_success = CASE WHEN ? THEN ? ELSE last_success END,
+      captures = captures + ?, changes = changes + ?, failures = failures + ?,
+      consecutive_failures = CASE WHEN ? THEN ? ELSE consecutive_failures + ? END,
+      status = ?, last_error = ?,
+      sha256 = CASE WHEN ? THEN ? ELSE sha256 END
+    WHERE id = ?"""
+_INSERT_CAPTURE = """INSERT INTO cw_captures (seq, event_id, document, captured_at, outcome,
+      http_status, sha256, size, text_sha256, final_url, content_type, reason, changes,
+      bytes_dropped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_CHANGE = """INSERT INTO cw_changes (seq, event_id, document, clause, kind, section,
+      before, after, patch, similarity, captured_at, sha256, categories_before,
+      categories_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_CATEGORY_CHANGE = """INSERT INTO cw_category_changes (seq, clause, document, at, cause,
+      taxonomy_version, before, after, added, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (seq, clause) DO NOTHING"""
+_INSERT_CLAUSE = """INSERT INTO cw_clauses (id, record_no, document, position, section, text,
+      kind, first_seen, last_seen, changes, status, first_sha256, last_sha256, categories)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'present', ?, ?, ?)"""
+# A rebuild keeps the present clauses of up to this many documents' worth of clauses from one
+# batch to the next (~0.5 kB each), rather than read them again at each clause list.
+REBUILD_CLAUSES_KEPT = 250_000
+# SQLite's page cache while rebuilding, in KiB: the views' indexes are written all over.
+REBUILD_SQLITE_CACHE_KIB = 65_536
+# Evidence drops are looked up one hash at a time above this many (see _Batch.dropped_at).
+_DROPPED_IN_MEMORY = 5_000
+_SECTIONS_CACHED = 20_000
 
 
-def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a Z, seconds precision: sortable as text on both databases."""
+def iso(moment: datetime | str | None) -> str | None:
+    """ISO 8601 in UTC with a Z, seconds precision: sortable as text on both databases.
+
+    A str is a datetime's isoformat(), as the event store keeps datetimes.
+    """
     if moment is None:
         return None
+    if isinstance(moment, str):
+        # "2024-01-01T00:20:00+00:00", or with microseconds: UTC already, cut at the second.
+        if (len(moment) in (25, 32) and moment.endswith("+00:00") and moment[10] == "T"
+                and "1" <= moment[0] <= "9"):
+            return moment[:19] + "Z"
+        moment = datetime.fromisoformat(moment)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _DocDelta:
+    """The effect on one cw_documents row of consecutive captures and failures, so that a
+    batch writes each document once: the same columns as one UPDATE per event would leave."""
+
+    __slots__ = ("first", "good", "good_at", "updated", "captured", "captures", "changes",
+                 "failures", "reset", "consecutive", "status", "error", "sha_set", "sha")
+
+    def __init__(self) -> None:
+        self.first: str | None = None
+        self.good = False
+        self.good_at: str | None = None
+        self.updated: str | None = None
+        self.captured: str | None = None
+        self.captures = self.changes = self.failures = self.consecutive = 0
+        self.reset = False
+        self.status: str | None = None
+        self.error: str | None = None
+        self.sha_set = False
+        self.sha: str | None = None
+
+    def params(self, slug: str) -> tuple[Any, ...]:
+        return (self.first, self.good, self.good_at, self.updated, self.captured, self.good,
+                self.good_at, self.captures, self.changes, self.failures, self.reset,
+                self.consecutive, self.consecutive, self.status, self.error, self.sha_set,
+                self.sha, slug)
+
+
+class _Batch:
+    """One transaction of catch-up: writes held back to be sent together, and what the
+    batch has read. Nothing here outlives the transaction."""
+
+    def __init__(self, tx: Transaction,
+                 present: dict[str, dict[str, tuple[Any, ...]]] | None = None) -> None:
+        self.tx = tx
+        self.captures: list[tuple[Any, ...]] = []
+        self.changes: list[tuple[Any, ...]] = []
+        self.category_changes: list[tuple[Any, ...]] = []
+        self.counted: list[tuple[str]] = []  # clause ids whose change count goes up by one
+        self.docs: dict[str, _DocDelta] = {}
+        # Each document's present clauses, read at its first clause list in the batch (or
+        # kept from the last batch, see Views._clauses): id -> (position, section, text,
+        # kind, categories), as in cw_clauses.
+        self.present: dict[str, dict[str, tuple[Any, ...]]] = {} if present is None else present
+        self._dropped: dict[str, str | None] | None = None
+        self._dropped_complete = False
+
+    def dropped_at(self, sha256: str | None) -> str | None:
+        """When the bytes of this hash were dropped, if they were (cw_evidence_dropped)."""
+        if sha256 is None:
+            return None
+        if self._dropped is None:
+            rows = self.tx.rows("SELECT sha256, dropped_at FROM cw_evidence_dropped LIMIT ?",
+                                (_DROPPED_IN_MEMORY + 1,))
+            self._dropped_complete = len(rows) <= _DROPPED_IN_MEMORY
+            self._dropped = {row[0]: row[1] for row in rows} if self._dropped_complete else {}
+        if self._dropped_complete or sha256 in self._dropped:
+            return self._dropped.get(sha256)
+        rows = self.tx.rows("SELECT dropped_at FROM cw_evidence_dropped WHERE sha256 = ?",
+                            (sha256,))
+        found = self._dropped[sha256] = rows[0][0] if rows else None
+        return found
+
+    def flush_writes(self) -> None:
+        """Send the held-back inserts (captures, changes) and change counts."""
+        tx = self.tx
+        if self.captures:
+            tx.executemany(_INSERT_CAPTURE, self.captures)
+            self.captures = []
+        if self.changes:
+            tx.executemany(_INSERT_CHANGE, self.changes)
+            self.changes = []
+        if self.category_changes:
+            tx.executemany(_INSERT_CATEGORY_CHANGE, self.category_changes)
+            self.category_changes = []
+        if self.counted:
+            tx.executemany("UPDATE cw_clauses SET changes = changes + 1 WHERE id = ?",
+                           self.counted)
+            self.counted = []
+
+    def flush_document(self, slug: str) -> None:
+        delta = self.docs.pop(slug, None)
+        if delta is not None:
+            self.tx.execute(_UPDATE_DOCUMENT, delta.params(slug))
+
+    def flush(self) -> None:
+        self.flush_writes()
+        if self.docs:
+            self.tx.executemany(_UPDATE_DOCUMENT,
+                                [delta.params(slug) for slug, delta in self.docs.items()])
+            self.docs = {}
 
 
 class Views:
     """The projection of the event log into query tables."""
 
     def __init__(self, db: Database, *, read: Reader, decode: Decoder,
-                 batch_size: int = 500) -> None:
+                 batch_size: int = BATCH_SIZE) -> None:
         self.db = db
         self.read = read
         self.decode = decode
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._slugs: dict[Any, str] = {}
+        self._event_ids: dict[Any, str] = {}
+        self._sections: dict[tuple[str, ...], str] = {}
+        # topic -> (handler or None, event class); see _apply_batch.
+        self._topics: dict[str, tuple[Handler | None, type]] = {}
+        self._state = _state_reader(decode)
+        # During a rebuild: the present clauses as of the position they were written at.
+        self._clauses: dict[str, dict[str, tuple[Any, ...]]] | None = None
+        self._clauses_at = -1
         db.executescript(SCHEMA)
         db.execute("INSERT INTO cw_positions (name, position) VALUES (?, 0) "
                    "ON CONFLICT (name) DO NOTHING", (NAME,))
@@ -132,27 +283,35 @@ class Views:
         return int(self.db.scalar("SELECT position FROM cw_positions WHERE name = ?", (name,))
                    or 0)
 
-    def catch_up(self) -> int:
+    def catch_up(self, batch_size: int | None = None) -> int:
         """Process every event not yet seen; returns how many were processed."""
+        size = batch_size or self.batch_size
         done = 0
         with self._lock:
             while True:
                 position = self.position()
-                notifications = self.read(position + 1, self.batch_size)
+                notifications = self.read(position + 1, size)
                 if not notifications:
                     return done
+                # Clauses kept from the last batch are good if nobody wrote since it
+                # committed (see _apply_batch); not after a failed commit.
+                kept_at, self._clauses_at = self._clauses_at, -1
                 with self.db.transaction() as tx:
                     # Another replica may have moved the position since we read it; on
                     # PostgreSQL the row lock makes a second consumer wait, then skip.
                     lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
                     current = int(tx.scalar("SELECT position FROM cw_positions WHERE name = ?"
                                             + lock, (NAME,)) or 0)
+                    if current < position:
+                        # Moved back (a rebuild elsewhere): read again from there.
+                        continue
                     fresh = [n for n in notifications if n.id > current]
-                    for notification in fresh:
-                        self._apply(tx, notification.id, self.decode(notification))
                     if fresh:
+                        self._apply_batch(tx, fresh, fresh=kept_at == current)
                         _save_position(tx, NAME, fresh[-1].id)
                 done += len(fresh)
+                if fresh:
+                    self._clauses_at = fresh[-1].id
 
     def rebuild(self) -> int:
         """Empty the views and replay the whole event log."""
@@ -160,189 +319,337 @@ class Views:
             for table in VIEW_TABLES:
                 tx.execute(f"DELETE FROM {table}")
             tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
-        return self.catch_up()
+        sqlite = self.db.dialect == "sqlite"
+        if sqlite:
+            cache = self.db.scalar("PRAGMA cache_size")
+            self.db.query(f"PRAGMA cache_size = -{REBUILD_SQLITE_CACHE_KIB}")
+        self._clauses, self._clauses_at = {}, 0
+        try:
+            return self.catch_up(max(self.batch_size, REBUILD_BATCH_SIZE))
+        finally:
+            self._clauses, self._clauses_at = None, -1
+            if sqlite:
+                self.db.query(f"PRAGMA cache_size = {int(cache)}")
 
     # Event handlers --------------------------------------------------------------------
 
-    def _apply(self, tx: Transaction, seq: int, event: Any) -> None:
-        handler = getattr(self, f"_on_{type(event).__name__}", None)
-        if handler is not None:
-            handler(tx, seq, event)
+    def _apply_batch(self, tx: Transaction, notifications: Sequence[Any], *,
+                     fresh: bool) -> None:
+        kept = self._clauses
+        if kept is not None and not fresh:
+            # Another consumer wrote since, or the last commit failed: it may be stale.
+            kept.clear()
+        batch = _Batch(tx, kept)
+        self._apply_events(batch, notifications)
+        if kept is not None:
+            # Bounded: the documents read last are let go first.
+            count = sum(map(len, kept.values()))
+            while count > REBUILD_CLAUSES_KEPT:
+                count -= len(kept.popitem()[1])
 
-    def _slug(self, tx: Transaction, event: Any) -> str:
-        slug = getattr(event, "slug", None)
+    def _apply_events(self, batch: _Batch, notifications: Sequence[Any]) -> None:
+        state_of = self._state
+        topics = self._topics
+        for notification in notifications:
+            if state_of is not None:
+                # Straight from the stored state to the fields, as Store.decode would give
+                # them; topics no handler reads are not decoded at all.
+                entry = topics.get(notification.topic) or self._resolve(notification.topic)
+                if entry is not None:
+                    handler, cls = entry
+                    if handler is None:
+                        continue
+                    state = state_of(notification, cls)
+                    if state is not None:
+                        handler(batch, notification.id, state)
+                        continue
+            event = self.decode(notification)
+            handler = getattr(self, f"_on_{type(event).__name__}", None)
+            if handler is not None:
+                handler(batch, notification.id, vars(event))
+        batch.flush()
+
+    def _resolve(self, topic: str) -> tuple[Handler | None, type] | None:
+        try:
+            cls = resolve_topic(topic)
+        except Exception:  # left to Store.decode, which says what is wrong
+            return None
+        entry = (getattr(self, f"_on_{cls.__name__}", None), cls)
+        self._topics[topic] = entry
+        return entry
+
+    def _slug(self, batch: _Batch, e: State) -> str:
+        slug = e.get("slug")
         if slug:
             return str(slug)
-        slug = self._slugs.get(event.originator_id)
+        slug = self._slugs.get(e["originator_id"])
         if slug is None:
-            rows = tx.query("SELECT id FROM cw_documents WHERE aggregate_id = ?",
-                            (str(event.originator_id),))
-            slug = rows[0]["id"] if rows else str(event.originator_id)
-            self._slugs[event.originator_id] = slug
+            rows = batch.tx.rows("SELECT id FROM cw_documents WHERE aggregate_id = ?",
+                                 (str(e["originator_id"]),))
+            slug = rows[0][0] if rows else str(e["originator_id"])
+            self._slugs[e["originator_id"]] = slug
         return slug
 
-    def _on_DocumentRegistered(self, tx: Transaction, seq: int,
-                               event: Document.DocumentRegistered) -> None:
+    def _event_id(self, e: State) -> str:
+        """A stable id for an event: its aggregate and version."""
+        originator = e["originator_id"]
+        prefix = self._event_ids.get(originator)
+        if prefix is None:
+            if len(self._event_ids) > 100_000:
+                self._event_ids.clear()
+            prefix = self._event_ids[originator] = f"{originator}:"
+        return f"{prefix}{e['originator_version']}"
+
+    def _section(self, section: Sequence[str]) -> str:
+        key = tuple(section)
+        text = self._sections.get(key)
+        if text is None:
+            if len(self._sections) > _SECTIONS_CACHED:
+                self._sections.clear()
+            text = self._sections[key] = json.dumps(section, ensure_ascii=False)
+        return text
+
+    def _on_DocumentRegistered(self, batch: _Batch, seq: int, e: State) -> None:
+        tx = batch.tx
+        batch.flush_document(e["slug"])
         record_no = int(tx.scalar("SELECT COALESCE(MAX(record_no), 0) FROM cw_documents")) + 1
         tx.execute(
             """INSERT INTO cw_documents (id, record_no, platform, title, url, captures, changes,
                failures, consecutive_failures, status, aggregate_id)
                VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, 'pending', ?)
                ON CONFLICT (id) DO NOTHING""",
-            (event.slug, record_no, event.platform, event.title, event.url,
-             str(event.originator_id)),
+            (e["slug"], record_no, e["platform"], e["title"], e["url"],
+             str(e["originator_id"])),
         )
-        self._slugs[event.originator_id] = event.slug
+        self._slugs[e["originator_id"]] = e["slug"]
 
-    def _on_DocumentRedescribed(self, tx: Transaction, seq: int,
-                                event: Document.DocumentRedescribed) -> None:
-        slug = self._slug(tx, event)
-        tx.execute("UPDATE cw_documents SET platform = ?, title = ?, url = ? WHERE id = ?",
-                   (event.platform, event.title, event.url, slug))
-        tx.execute("UPDATE cw_clause_categories SET platform = ? WHERE document = ?",
-                   (event.platform, slug))
+    def _on_DocumentRedescribed(self, batch: _Batch, seq: int, e: State) -> None:
+        slug = self._slug(batch, e)
+        batch.tx.execute("UPDATE cw_documents SET platform = ?, title = ?, url = ? WHERE id = ?",
+                         (e["platform"], e["title"], e["url"], slug))
+        batch.tx.execute("UPDATE cw_clause_categories SET platform = ? WHERE document = ?",
+                         (e["platform"], slug))
 
-    def _on_DocumentCaptured(self, tx: Transaction, seq: int,
-                             event: Document.DocumentCaptured) -> None:
-        slug = self._slug(tx, event)
-        at = iso(event.captured_at)
-        good = event.outcome != "suspect"
-        if event.clauses is not None:
+    def _on_DocumentCaptured(self, batch: _Batch, seq: int, e: State) -> None:
+        slug = self._slug(batch, e)
+        at = iso(e["captured_at"])
+        outcome = e["outcome"]
+        good = outcome != "suspect"
+        if e["clauses"] is not None:
             # Before the document and capture rows move on: a removed clause was last seen
             # at the previous good capture.
-            self._replace_clauses(tx, slug, event, at)
-        tx.execute(
-            """INSERT INTO cw_captures (seq, event_id, document, captured_at, outcome,
-               http_status, sha256, size, text_sha256, final_url, content_type, reason, changes,
-               bytes_dropped)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                 CASE WHEN EXISTS (SELECT 1 FROM cw_evidence_dropped
-                                   WHERE sha256 = ? AND dropped_at > ?) THEN 1 ELSE 0 END)""",
-            (seq, _event_id(event), slug, at, event.outcome, event.http_status, event.sha256,
-             event.size, event.text_sha256, event.final_url, event.content_type, event.reason,
-             event.changes, event.sha256, at),
-        )
-        updated = at if event.outcome in ("baseline", "changed") else None
-        tx.execute(
-            """UPDATE cw_documents SET
-                 first_tracked = COALESCE(first_tracked, ?),
-                 last_verified = CASE WHEN ? THEN ? ELSE last_verified END,
-                 last_updated = COALESCE(?, last_updated),
-                 last_captured = ?,
-                 last_success = CASE WHEN ? THEN ? ELSE last_success END,
-                 captures = captures + 1, changes = changes + ?,
-                 consecutive_failures = 0,
-                 status = ?, last_error = ?,
-                 sha256 = ?
-               WHERE id = ?""",
-            (at, good, at, updated, at, good, at, event.changes,
-             "ok" if good else "suspect", None if good else event.reason, event.sha256, slug),
-        )
+            self._replace_clauses(batch, slug, e, at)
+        sha256 = e["sha256"]
+        dropped = batch.dropped_at(sha256)
+        batch.captures.append(
+            (seq, self._event_id(e), slug, at, outcome, e["http_status"], sha256, e["size"],
+             e["text_sha256"], e["final_url"], e["content_type"], e["reason"], e["changes"],
+             1 if dropped is not None and at is not None and dropped > at else 0))
+        delta = batch.docs.get(slug)
+        if delta is None:
+            delta = batch.docs[slug] = _DocDelta()
+        if delta.first is None:
+            delta.first = at
+        if good:
+            delta.good = True
+            delta.good_at = at
+        if outcome in ("baseline", "changed") and at is not None:
+            delta.updated = at
+        delta.captured = at
+        delta.captures += 1
+        delta.changes += e["changes"]
+        delta.reset = True
+        delta.consecutive = 0
+        delta.status = "ok" if good else "suspect"
+        delta.error = None if good else e["reason"]
+        delta.sha_set = True
+        delta.sha = sha256
 
-    def _replace_clauses(self, tx: Transaction, slug: str, event: Document.DocumentCaptured,
-                         at: str | None) -> None:
-        assert event.clauses is not None
-        present = {row["id"]: row for row in tx.query(
-            """SELECT id, position, section, text, kind, categories FROM cw_clauses
-               WHERE document = ? AND status = 'present'""", (slug,))}
-        new_ids = [c["id"] for c in event.clauses]
-        gone = set(present) - set(new_ids)
+    def _present(self, batch: _Batch, slug: str) -> dict[str, tuple[Any, ...]]:
+        present = batch.present.get(slug)
+        if present is None:
+            present = batch.present[slug] = {row[0]: tuple(row[1:]) for row in batch.tx.rows(
+                """SELECT id, position, section, text, kind, categories FROM cw_clauses
+                   WHERE document = ? AND status = 'present'""", (slug,))}
+        return present
+
+    def _replace_clauses(self, batch: _Batch, slug: str, e: State, at: str | None) -> None:
+        tx = batch.tx
+        clauses = e["clauses"]
+        sha256 = e["sha256"]
+        present = self._present(batch, slug)
+        new_ids = [c["id"] for c in clauses]
+        gone = sorted(set(present) - set(new_ids))
         # Category rows follow the clauses whose categories changed, appeared or went.
-        relabel = sorted(gone)
+        relabel = list(gone)
         labels: list[tuple[str, list[dict[str, Any]]]] = []
-        for clause_id in sorted(gone):
-            tx.execute(
+        if gone:
+            # They read the document's last good capture: send what is held back for it.
+            batch.flush_writes()
+            batch.flush_document(slug)
+            tx.executemany(
                 """UPDATE cw_clauses SET status = 'removed', removed_at = ?,
                      last_seen = (SELECT last_verified FROM cw_documents WHERE id = ?),
                      last_sha256 = (SELECT sha256 FROM cw_captures WHERE document = ?
                                     AND outcome IN ('baseline', 'changed', 'unchanged')
                                     ORDER BY seq DESC LIMIT 1)
                    WHERE id = ?""",
-                (at, slug, slug, clause_id))
-        record_no = int(tx.scalar("SELECT COALESCE(MAX(record_no), 0) FROM cw_clauses"))
-        for position, clause in enumerate(event.clauses):
-            section = json.dumps(clause["section"], ensure_ascii=False)
+                [(at, slug, slug, clause_id) for clause_id in gone])
+            for clause_id in gone:
+                del present[clause_id]
+        updates: list[tuple[Any, ...]] = []
+        inserts: list[tuple[Any, ...]] = []
+        written: dict[str, tuple[Any, ...]] = {}  # what the rows hold afterwards
+        record_no: int | None = None
+        for position, clause in enumerate(clauses):
+            clause_id = clause["id"]
+            section = self._section(clause["section"])
             categories = _json_or_none(clause.get("categories"))
-            row = present.get(clause["id"])
+            row = present.get(clause_id)
+            new = (position, section, clause["text"], clause["kind"], categories)
             if row is not None:
                 # An edit touches a few clauses of hundreds: rewrite only the rows it moved.
-                if (row["position"], row["section"], row["text"], row["kind"],
-                        row["categories"]) != (position, section, clause["text"],
-                                               clause["kind"], categories):
-                    tx.execute("""UPDATE cw_clauses SET position = ?, section = ?, text = ?,
-                                  kind = ?, categories = ? WHERE id = ?""",
-                               (position, section, clause["text"], clause["kind"], categories,
-                                clause["id"]))
-                if categories == row["categories"]:
+                if row != new:
+                    updates.append((*new, clause_id))
+                    written[clause_id] = new
+                if categories == row[4]:
                     continue
             else:
+                if record_no is None:
+                    if batch.counted:
+                        batch.flush_writes()  # a count for a clause not inserted yet
+                    record_no = int(tx.scalar(
+                        "SELECT COALESCE(MAX(record_no), 0) FROM cw_clauses"))
                 record_no += 1
-                tx.execute(
-                    """INSERT INTO cw_clauses (id, record_no, document, position, section, text,
-                       kind, first_seen, last_seen, changes, status, first_sha256, last_sha256,
-                       categories)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'present', ?, ?, ?)
-                       ON CONFLICT (id) DO UPDATE SET status = 'present', removed_at = NULL,
-                       position = excluded.position, text = excluded.text,
-                       categories = excluded.categories""",
-                    (clause["id"], record_no, slug, position, section, clause["text"],
-                     clause["kind"], at, at, event.sha256, event.sha256, categories),
-                )
-            relabel.append(clause["id"])
-            labels.append((clause["id"], clause.get("categories") or []))
+                inserts.append((clause_id, record_no, slug, position, section, clause["text"],
+                                clause["kind"], at, at, sha256, sha256, categories))
+                written[clause_id] = new
+            relabel.append(clause_id)
+            labels.append((clause_id, clause.get("categories") or []))
+        if updates:
+            tx.executemany("""UPDATE cw_clauses SET position = ?, section = ?, text = ?,
+                              kind = ?, categories = ? WHERE id = ?""", updates)
+        if inserts and tx.executemany(_INSERT_CLAUSE + " ON CONFLICT (id) DO NOTHING",
+                                      inserts) < len(inserts):
+            # Some ids were there already (removed, say): bring them back as one insert each
+            # would (rows just inserted are left as they are), then read them afresh.
+            tx.executemany(
+                _INSERT_CLAUSE + """ ON CONFLICT (id) DO UPDATE SET status = 'present',
+                   removed_at = NULL, position = excluded.position, text = excluded.text,
+                   categories = excluded.categories""", inserts)
+            del batch.present[slug]
+        else:
+            present.update(written)
         _label(tx, slug, relabel, labels)
 
-    def _on_ClauseChanged(self, tx: Transaction, seq: int, event: Document.ClauseChanged) -> None:
-        slug = self._slug(tx, event)
-        at = iso(event.captured_at)
-        tx.execute(
-            """INSERT INTO cw_changes (seq, event_id, document, clause, kind, section, before,
-               after, patch, similarity, captured_at, sha256, categories_before,
-               categories_after)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (seq, _event_id(event), slug, event.clause_id, event.kind,
-             json.dumps(event.section, ensure_ascii=False), event.before, event.after,
-             event.patch, event.similarity, at, event.sha256,
-             _json_or_none(event.categories_before), _json_or_none(event.categories_after)),
-        )
+    def _on_ClauseChanged(self, batch: _Batch, seq: int, e: State) -> None:
+        slug = self._slug(batch, e)
+        at = iso(e["captured_at"])
+        kind = e["kind"]
+        before, after = e["categories_before"], e["categories_after"]
+        batch.changes.append(
+            (seq, self._event_id(e), slug, e["clause_id"], kind,
+             self._section(e["section"]), e["before"], e["after"],
+             e["patch"], e["similarity"], at, e["sha256"], _json_or_none(before),
+             _json_or_none(after)))
         # A reworded clause that starts or stops falling under a category: that is part of
         # its history too. (Unclassified sides say nothing about categories.)
-        if (event.kind == "modified" and event.categories_before is not None
-                and event.categories_after is not None):
-            _category_change(tx, seq, slug, event.clause_id, at, "capture", None,
-                             event.categories_before, event.categories_after)
-        if event.kind != "added":
+        if kind == "modified" and before is not None and after is not None:
+            row = _category_change(seq, slug, e["clause_id"], at, "capture", None, before,
+                                   after)
+            if row is not None:
+                batch.category_changes.append(row)
+        if kind != "added":
             # An addition is the clause's first appearance, not a change to it.
-            tx.execute("UPDATE cw_clauses SET changes = changes + 1 WHERE id = ?",
-                       (event.clause_id,))
+            batch.counted.append((e["clause_id"],))
 
-    def _on_ClausesReclassified(self, tx: Transaction, seq: int,
-                                event: Document.ClausesReclassified) -> None:
-        slug = self._slug(tx, event)
-        at = iso(event.timestamp)
-        for entry in event.clauses:
+    def _on_ClausesReclassified(self, batch: _Batch, seq: int, e: State) -> None:
+        tx = batch.tx
+        batch.flush_writes()
+        batch.present.clear()
+        slug = self._slug(batch, e)
+        at = iso(e["timestamp"])
+        for entry in e["clauses"]:
             tx.execute("UPDATE cw_clauses SET categories = ? WHERE id = ?",
                        (_json_or_none(entry["after"]), entry["id"]))
-            _category_change(tx, seq, slug, entry["id"], at, "reclassify",
-                             event.taxonomy_version, entry["before"], entry["after"])
-        _label(tx, slug, [e["id"] for e in event.clauses],
-               [(e["id"], e["after"] or []) for e in event.clauses])
+            row = _category_change(seq, slug, entry["id"], at, "reclassify",
+                                   e["taxonomy_version"], entry["before"], entry["after"])
+            if row is not None:
+                tx.execute(_INSERT_CATEGORY_CHANGE, row)
+        _label(tx, slug, [entry["id"] for entry in e["clauses"]],
+               [(entry["id"], entry["after"] or []) for entry in e["clauses"]])
 
-    def _on_CaptureFailed(self, tx: Transaction, seq: int, event: Document.CaptureFailed) -> None:
-        slug = self._slug(tx, event)
-        at = iso(event.captured_at)
-        tx.execute(
-            """INSERT INTO cw_captures (seq, event_id, document, captured_at, outcome,
-               http_status, reason, changes) VALUES (?, ?, ?, ?, 'failed', ?, ?, 0)""",
-            (seq, _event_id(event), slug, at, event.http_status,
-             f"{event.error_kind}: {event.message}"),
-        )
-        tx.execute(
-            """UPDATE cw_documents SET failures = failures + 1,
-               consecutive_failures = consecutive_failures + 1, last_captured = ?,
-               status = 'failing', last_error = ? WHERE id = ?""",
-            (at, f"{event.error_kind}: {event.message}", slug),
-        )
+    def _on_CaptureFailed(self, batch: _Batch, seq: int, e: State) -> None:
+        slug = self._slug(batch, e)
+        at = iso(e["captured_at"])
+        error = f"{e['error_kind']}: {e['message']}"
+        batch.captures.append((seq, self._event_id(e), slug, at, "failed", e["http_status"],
+                               None, None, None, None, None, error, 0, 0))
+        delta = batch.docs.get(slug)
+        if delta is None:
+            delta = batch.docs[slug] = _DocDelta()
+        delta.failures += 1
+        delta.consecutive += 1
+        delta.captured = at
+        delta.status = "failing"
+        delta.error = error
+
+
+def _state_reader(decode: Decoder) -> Callable[[Any, type], State | None] | None:
+    """For `Store.decode`: the fields of a stored event without building the event.
+
+    What the store's mapper does, except that the JSON is parsed without a hook for every
+    object (a clause list has hundreds) and datetimes stay ISO text. Returns None for a
+    state it cannot read that way, and the caller decodes it the usual way.
+    """
+    from daemon.store import Store
+
+    if getattr(decode, "__func__", None) is not Store.decode:
+        return None
+    mapper = decode.__self__.app.mapper  # type: ignore[attr-defined]
+    transcoder = mapper.transcoder
+    if mapper.cipher is not None or type(transcoder) is not JSONTranscoder:
+        return None
+    names = transcoder.names
+    decompress = mapper.compressor.decompress if mapper.compressor is not None else None
+    loads = json.loads
+
+    def state_of(notification: Any, cls: type) -> State | None:
+        data = notification.state
+        if decompress is not None:
+            data = decompress(data)
+        text = bytes(data).decode("utf8")
+        state = loads(text)
+        if type(state) is not dict:
+            return None
+        # Objects the transcoder encoded: {"_type_": name, "_data_": ...}. Only those at the
+        # top are decoded here; if the text names more, they are nested: decode it fully.
+        marked = text.count('"_type_"')
+        if marked:
+            for key, value in state.items():
+                if (type(value) is dict and len(value) == 2 and "_type_" in value
+                        and "_data_" in value):
+                    name, data = value["_type_"], value["_data_"]
+                    if type(name) is not str or name not in names:
+                        return None
+                    marked -= 1
+                    if name == "datetime_iso" and type(data) is str:
+                        state[key] = data  # iso() reads it as it is
+                    else:
+                        state[key] = names[name].decode(data)
+            if marked:
+                return None
+        originator_id = notification.originator_id
+        state["originator_id"] = find_id_convertor(cls, type(originator_id))(originator_id)
+        state["originator_version"] = notification.originator_version
+        class_version = getattr(cls, "class_version", 1)
+        from_version = state.pop("class_version", 1)
+        while from_version < class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+            from_version += 1
+        return state
+
+    return state_of
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -369,11 +676,11 @@ def _label(tx: Transaction, slug: str, clause_ids: Sequence[str],
          for clause, doc, cid, name, severity, confidence in rows])
 
 
-def _category_change(tx: Transaction, seq: int, slug: str, clause_id: str, at: str | None,
-                     cause: str, taxonomy_version: str | None,
-                     before: list[dict[str, Any]] | None,
-                     after: list[dict[str, Any]] | None) -> None:
-    """Record a change of the categories a clause falls under, if the set of ids changed."""
+def _category_change(seq: int, slug: str, clause_id: str, at: str | None, cause: str,
+                     taxonomy_version: str | None, before: list[dict[str, Any]] | None,
+                     after: list[dict[str, Any]] | None) -> tuple[Any, ...] | None:
+    """The cw_category_changes row of a change of the categories a clause falls under, or
+    None if the set of ids did not change."""
     old = [c["id"] for c in before or []]
     new = [c["id"] for c in after or []]
     added = [cid for cid in new if cid not in old]
@@ -381,13 +688,9 @@ def _category_change(tx: Transaction, seq: int, slug: str, clause_id: str, at: s
     # A first classification is recorded even when it finds nothing: the clause's record
     # then says when it was classified.
     if not added and not removed and before is not None:
-        return
-    tx.execute(
-        """INSERT INTO cw_category_changes (seq, clause, document, at, cause, taxonomy_version,
-           before, after, added, removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (seq, clause) DO NOTHING""",
-        (seq, clause_id, slug, at, cause, taxonomy_version, _json_or_none(before),
-         _json_or_none(after), json.dumps(added), json.dumps(removed)))
+        return None
+    return (seq, clause_id, slug, at, cause, taxonomy_version, _json_or_none(before),
+            _json_or_none(after), json.dumps(added), json.dumps(removed))
 
 
 def _save_position(tx: Transaction, name: str, position: int) -> None:
@@ -396,8 +699,3 @@ def _save_position(tx: Transaction, name: str, position: int) -> None:
            ON CONFLICT (name) DO UPDATE SET position = excluded.position""",
         (name, position),
     )
-
-
-def _event_id(event: Any) -> str:
-    """A stable id for an event: its aggregate and version."""
-    return f"{event.originator_id}:{event.originator_version}"

@@ -104,14 +104,25 @@ class Transaction:
         cursor = self.db._conn.execute(self.db._sql(sql), tuple(params))
         return cursor.rowcount
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run one statement for each row; returns the affected row count, summed."""
         if not rows:
-            return
+            return 0
         if self.db.dialect == "sqlite":
-            self.db._conn.executemany(sql, rows)
-        else:
-            with self.db._conn.cursor() as cursor:
-                cursor.executemany(self.db._sql(sql), rows)
+            return int(self.db._conn.executemany(sql, rows).rowcount)
+        with self.db._conn.cursor() as cursor:
+            cursor.executemany(self.db._sql(sql), rows)
+            return int(cursor.rowcount)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """Rows of a query as tuples (cheaper than `query` for many rows)."""
+        if self.db.dialect == "sqlite":
+            return self.db._conn.execute(sql, tuple(params)).fetchall()
+        from psycopg.rows import tuple_row
+
+        with self.db._conn.cursor(row_factory=tuple_row) as cursor:
+            cursor.execute(self.db._sql(sql), tuple(params))
+            return cursor.fetchall()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cursor = self.db._conn.execute(self.db._sql(sql), tuple(params))

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
 from collections.abc import Sequence
 
 import aiohttp
@@ -15,12 +20,22 @@ from daemon.service import CheckOutcome, ClauseWatch
 from domain.errors import DomainError
 
 log = logging.getLogger("clausewatch.poll")
+T = TypeVar("T")
 
 
 async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
-               metrics: Metrics | None = None) -> CheckOutcome:
-    """Fetch one document and record what came back; a failure is recorded, never raised."""
-    etag, last_modified = await asyncio.to_thread(service.validators, doc.id)
+               metrics: Metrics | None = None, *,
+               executor: Executor | None = None) -> CheckOutcome:
+    """Fetch one document and record what came back; a failure is recorded, never raised.
+
+    The store is called in a thread of `executor` (default: the loop's default executor).
+    """
+    def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        context = contextvars.copy_context()
+        return asyncio.get_running_loop().run_in_executor(
+            executor, functools.partial(context.run, fn, *args, **kwargs))
+
+    etag, last_modified = await in_thread(service.validators, doc.id)
     try:
         result = await fetcher.fetch(doc.url, etag=etag, last_modified=last_modified,
                                      robots=doc.robots)
@@ -29,16 +44,16 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
             metrics.fetches.labels(result=exc.kind).inc()
             if exc.status is not None:
                 metrics.http_responses.labels(code_class=f"{exc.status // 100}xx").inc()
-        outcome = await asyncio.to_thread(service.record_failure, doc, kind=exc.kind,
+        outcome = await in_thread(service.record_failure, doc, kind=exc.kind,
                                           message=exc.message, url=exc.url, status=exc.status)
     else:
         if metrics is not None:
             _count_fetch(metrics, result)
         try:
-            outcome = await asyncio.to_thread(service.record_fetch, doc, result)
+            outcome = await in_thread(service.record_fetch, doc, result)
         except DomainError as exc:
             # A page we cannot read (unsupported type, unusable selector): a failed capture.
-            outcome = await asyncio.to_thread(service.record_failure, doc, kind="unreadable",
+            outcome = await in_thread(service.record_failure, doc, kind="unreadable",
                                               message=str(exc), url=result.final_url,
                                               status=result.status)
     if metrics is not None:
@@ -81,15 +96,19 @@ async def check_all(service: ClauseWatch, settings: FetchSettings,
 
     async def bounded(doc: DocumentSettings) -> CheckOutcome:
         async with in_flight:
-            return await poll(service, fetcher, doc)
+            return await poll(service, fetcher, doc, executor=pool)
 
     # One catch-up of the views at the end, not one per capture.
     per_capture, service.catch_up_after_save = service.catch_up_after_save, False
+    # A thread per poll in flight: much of a poll's time in its thread is waiting (the fsync
+    # of its evidence, a group commit), not holding the GIL.
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.concurrency), thread_name_prefix="poll")
     try:
         async with client_session(settings) as session:
             fetcher = Fetcher(session, settings)
             outcomes = list(await asyncio.gather(*(bounded(d) for d in documents)))
     finally:
+        pool.shutdown(wait=False)
         service.catch_up_after_save = per_capture
         await asyncio.to_thread(service.flush_heads)
         await asyncio.to_thread(service.views.catch_up)

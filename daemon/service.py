@@ -18,6 +18,7 @@ from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
 from daemon.store import Store
 from domain.classify import SEVERITIES, Taxonomy, clause_classifier, taxonomy_version
+from daemon.group_commit import GroupCommit
 from daemon.heads import Heads
 from domain.document import (
     CaptureFacts,
@@ -122,6 +123,7 @@ class ClauseWatch:
         self._locks_guard = threading.Lock()
         self._loaded: dict[str, Document] = {}
         self.heads = Heads(store.db)
+        self.commits = GroupCommit(store.app)
         # With replicas, the leader's loop projects in batches instead of every poll.
         self.catch_up_after_save = True
         self.use_taxonomy(taxonomy)
@@ -271,7 +273,7 @@ class ClauseWatch:
             decided = decide(aggregate)
         started = time.perf_counter()
         try:
-            self.app.save(aggregate)
+            self.commits.save(aggregate)
         except IntegrityError:
             if not aggregate.is_partial:
                 raise
@@ -279,7 +281,7 @@ class ClauseWatch:
             self.heads.forget(document_id)
             aggregate = self._get(document_id)
             decided = decide(aggregate)
-            self.app.save(aggregate)
+            self.commits.save(aggregate)
         append_seconds = time.perf_counter() - started
         return aggregate, decided, append_seconds
 

@@ -35,14 +35,50 @@ class ClauseWatchApp(Application[Any]):
         every multiple it meets, several times for a save of hundreds of clause edits; the
         aggregate in hand already is that state.
         """
-        due = [obj for obj in objs if isinstance(obj, Document) and obj.pending_events
-               and (obj.version - len(obj.pending_events)) // self.SNAPSHOT_EVERY
-               < obj.version // self.SNAPSHOT_EVERY]
+        due = self._snapshots_due(objs)
         recordings = super().save(*objs, **kwargs)
+        self._snapshot(due)
+        return recordings
+
+    def save_many(self, documents: Sequence[Any]) -> list[Exception | None]:
+        """Save several aggregates in one transaction; if the store refuses it, each alone.
+
+        Returns, per aggregate, None once saved or the error saving it alone raised.
+        """
+        if len(documents) > 1:
+            # Their events, not the aggregates: a refused batch leaves each aggregate with
+            # its pending events, to be saved alone.
+            events = [event for doc in documents for event in doc.pending_events]
+            due = self._snapshots_due(documents)
+            try:
+                super().save(*events)
+            except Exception:
+                pass
+            else:
+                for doc in documents:
+                    doc.collect_events()
+                self._snapshot(due)
+                return [None] * len(documents)
+        errors: list[Exception | None] = []
+        for doc in documents:
+            try:
+                self.save(doc)
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
+
+    def _snapshots_due(self, objs: Sequence[Any]) -> list[Document]:
+        return [obj for obj in objs if isinstance(obj, Document) and obj.pending_events
+                and not obj.is_partial
+                and (obj.version - len(obj.pending_events)) // self.SNAPSHOT_EVERY
+                < obj.version // self.SNAPSHOT_EVERY]
+
+    def _snapshot(self, due: list[Document]) -> None:
         if due and self.snapshots is not None:
             snapshot_class = getattr(Document, "Snapshot", type(self).snapshot_class)
             self.snapshots.put([snapshot_class.take(doc) for doc in due])
-        return recordings
 
 
 def application_env(store: StoreSettings) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -255,6 +256,51 @@ class _Batch:
             self.docs = {}
 
 
+class _ReadAhead:
+    """Reads the next batch of stored events (and decompresses them) in a thread while the
+    current one is written: reading and zlib let other threads run."""
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: tuple[int, int, Future[Any]] | None = None
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, start: int, size: int) -> None:
+        if self.views._stored is None:
+            return
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="views-read-ahead")
+        self.pending = (start, size, self.pool.submit(self._read, start, size))
+
+    def take(self, start: int, size: int) -> tuple[Sequence[Any], Sequence[bytes | None] | None]:
+        """The events from `start` on: read ahead if that was where it read from."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            if pending[:2] == (start, size):
+                return pending[2].result()  # type: ignore[no-any-return]
+            pending[2].cancel()
+        return self.views.read(start, size), None
+
+    def _read(self, start: int, size: int) -> tuple[Sequence[Any], list[bytes | None]]:
+        views = self.views
+        stored = views._stored
+        assert stored is not None
+        notifications = views.read(start, size)
+        datas: list[bytes | None] = []
+        for notification in notifications:
+            entry = views._topics.get(notification.topic) or views._resolve(notification.topic)
+            datas.append(stored.data(notification) if entry is not None and entry[0] is not None
+                         else None)
+        return notifications, datas
+
+
 class Views:
     """The projection of the event log into query tables."""
 
@@ -270,7 +316,7 @@ class Views:
         self._sections: dict[tuple[str, ...], str] = {}
         # topic -> (handler or None, event class); see _apply_batch.
         self._topics: dict[str, tuple[Handler | None, type]] = {}
-        self._state = _state_reader(decode)
+        self._stored = _StoredStates.of(decode)
         # During a rebuild: the present clauses as of the position they were written at.
         self._clauses: dict[str, dict[str, tuple[Any, ...]]] | None = None
         self._clauses_at = -1
@@ -285,33 +331,40 @@ class Views:
 
     def catch_up(self, batch_size: int | None = None) -> int:
         """Process every event not yet seen; returns how many were processed."""
-        size = batch_size or self.batch_size
+        with self._lock, _ReadAhead(self) as ahead:
+            return self._catch_up(batch_size or self.batch_size, ahead)
+
+    def _catch_up(self, size: int, ahead: _ReadAhead) -> int:
         done = 0
-        with self._lock:
-            while True:
-                position = self.position()
-                notifications = self.read(position + 1, size)
-                if not notifications:
-                    return done
-                # Clauses kept from the last batch are good if nobody wrote since it
-                # committed (see _apply_batch); not after a failed commit.
-                kept_at, self._clauses_at = self._clauses_at, -1
-                with self.db.transaction() as tx:
-                    # Another replica may have moved the position since we read it; on
-                    # PostgreSQL the row lock makes a second consumer wait, then skip.
-                    lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
-                    current = int(tx.scalar("SELECT position FROM cw_positions WHERE name = ?"
-                                            + lock, (NAME,)) or 0)
-                    if current < position:
-                        # Moved back (a rebuild elsewhere): read again from there.
-                        continue
-                    fresh = [n for n in notifications if n.id > current]
-                    if fresh:
-                        self._apply_batch(tx, fresh, fresh=kept_at == current)
-                        _save_position(tx, NAME, fresh[-1].id)
-                done += len(fresh)
+        while True:
+            position = self.position()
+            notifications, datas = ahead.take(position + 1, size)
+            if not notifications:
+                return done
+            if len(notifications) == size:
+                # Probably more to come: read the next batch while this one is written.
+                ahead.start(notifications[-1].id + 1, size)
+            # Clauses kept from the last batch are good if nobody wrote since it committed
+            # (see _apply_batch); not after a failed commit.
+            kept_at, self._clauses_at = self._clauses_at, -1
+            with self.db.transaction() as tx:
+                # Another replica may have moved the position since we read it; on
+                # PostgreSQL the row lock makes a second consumer wait, then skip.
+                lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
+                current = int(tx.scalar("SELECT position FROM cw_positions WHERE name = ?"
+                                        + lock, (NAME,)) or 0)
+                if current < position:
+                    # Moved back (a rebuild elsewhere): read again from there.
+                    continue
+                fresh = [n for n in notifications if n.id > current]
                 if fresh:
-                    self._clauses_at = fresh[-1].id
+                    if datas is not None:
+                        datas = datas[len(notifications) - len(fresh):]
+                    self._apply_batch(tx, fresh, datas, fresh=kept_at == current)
+                    _save_position(tx, NAME, fresh[-1].id)
+            done += len(fresh)
+            if fresh:
+                self._clauses_at = fresh[-1].id
 
     def rebuild(self) -> int:
         """Empty the views and replay the whole event log."""
@@ -333,25 +386,26 @@ class Views:
 
     # Event handlers --------------------------------------------------------------------
 
-    def _apply_batch(self, tx: Transaction, notifications: Sequence[Any], *,
-                     fresh: bool) -> None:
+    def _apply_batch(self, tx: Transaction, notifications: Sequence[Any],
+                     datas: Sequence[bytes | None] | None, *, fresh: bool) -> None:
         kept = self._clauses
         if kept is not None and not fresh:
             # Another consumer wrote since, or the last commit failed: it may be stale.
             kept.clear()
         batch = _Batch(tx, kept)
-        self._apply_events(batch, notifications)
+        self._apply_events(batch, notifications, datas)
         if kept is not None:
             # Bounded: the documents read last are let go first.
             count = sum(map(len, kept.values()))
             while count > REBUILD_CLAUSES_KEPT:
                 count -= len(kept.popitem()[1])
 
-    def _apply_events(self, batch: _Batch, notifications: Sequence[Any]) -> None:
-        state_of = self._state
+    def _apply_events(self, batch: _Batch, notifications: Sequence[Any],
+                      datas: Sequence[bytes | None] | None) -> None:
+        stored = self._stored
         topics = self._topics
-        for notification in notifications:
-            if state_of is not None:
+        for index, notification in enumerate(notifications):
+            if stored is not None:
                 # Straight from the stored state to the fields, as Store.decode would give
                 # them; topics no handler reads are not decoded at all.
                 entry = topics.get(notification.topic) or self._resolve(notification.topic)
@@ -359,7 +413,10 @@ class Views:
                     handler, cls = entry
                     if handler is None:
                         continue
-                    state = state_of(notification, cls)
+                    data = datas[index] if datas is not None else None
+                    if data is None:
+                        data = stored.data(notification)
+                    state = stored.state(notification, cls, data)
                     if state is not None:
                         handler(batch, notification.id, state)
                         continue
@@ -595,37 +652,52 @@ class Views:
         delta.error = error
 
 
-def _state_reader(decode: Decoder) -> Callable[[Any, type], State | None] | None:
-    """For `Store.decode`: the fields of a stored event without building the event.
+class _StoredStates:
+    """For `Store.decode`: the fields of stored events without building the events.
 
     What the store's mapper does, except that the JSON is parsed without a hook for every
-    object (a clause list has hundreds) and datetimes stay ISO text. Returns None for a
-    state it cannot read that way, and the caller decodes it the usual way.
+    object (a clause list has hundreds) and datetimes stay ISO text. `state` returns None for
+    a state it cannot read that way, and the caller decodes it the usual way (which says
+    what is wrong with it, if anything is).
     """
-    from daemon.store import Store
 
-    if getattr(decode, "__func__", None) is not Store.decode:
-        return None
-    mapper = decode.__self__.app.mapper  # type: ignore[attr-defined]
-    transcoder = mapper.transcoder
-    if mapper.cipher is not None or type(transcoder) is not JSONTranscoder:
-        return None
-    names = transcoder.names
-    decompress = mapper.compressor.decompress if mapper.compressor is not None else None
-    loads = json.loads
+    @classmethod
+    def of(cls, decode: Decoder) -> _StoredStates | None:
+        from daemon.store import Store
 
-    def state_of(notification: Any, cls: type) -> State | None:
-        data = notification.state
-        if decompress is not None:
-            data = decompress(data)
-        text = bytes(data).decode("utf8")
-        state = loads(text)
+        if getattr(decode, "__func__", None) is not Store.decode:
+            return None
+        mapper = decode.__self__.app.mapper  # type: ignore[attr-defined]
+        if mapper.cipher is not None or type(mapper.transcoder) is not JSONTranscoder:
+            return None
+        return cls(mapper)
+
+    def __init__(self, mapper: Any) -> None:
+        self.names = mapper.transcoder.names
+        self.decompress = mapper.compressor.decompress if mapper.compressor else bytes
+
+    def data(self, notification: Any) -> bytes | None:
+        """The stored state, decompressed (zlib lets other threads run meanwhile)."""
+        try:
+            return self.decompress(notification.state)  # type: ignore[no-any-return]
+        except Exception:
+            return None
+
+    def state(self, notification: Any, cls: type, data: bytes | None) -> State | None:
+        if data is None:
+            return None
+        try:
+            text = data.decode("utf8")
+            state = json.loads(text)
+        except ValueError:
+            return None
         if type(state) is not dict:
             return None
         # Objects the transcoder encoded: {"_type_": name, "_data_": ...}. Only those at the
         # top are decoded here; if the text names more, they are nested: decode it fully.
         marked = text.count('"_type_"')
         if marked:
+            names = self.names
             for key, value in state.items():
                 if (type(value) is dict and len(value) == 2 and "_type_" in value
                         and "_data_" in value):
@@ -649,8 +721,6 @@ def _state_reader(decode: Decoder) -> Callable[[Any, type], State | None] | None
             from_version += 1
         return state
 
-    return state_of
-
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
@@ -661,8 +731,11 @@ def _label(tx: Transaction, slug: str, clause_ids: Sequence[str],
     """Replace the category rows of these clauses of a document with `labels`."""
     if not clause_ids:
         return
-    tx.executemany("DELETE FROM cw_clause_categories WHERE clause = ?",
-                   [(clause_id,) for clause_id in clause_ids])
+    ids = list(clause_ids)
+    for start in range(0, len(ids), 500):  # one statement per 500, not per clause
+        chunk = ids[start:start + 500]
+        tx.execute("DELETE FROM cw_clause_categories WHERE clause IN ("
+                   + ", ".join("?" * len(chunk)) + ")", chunk)
     rows = [(clause_id, slug, c["id"], c["name"], c["severity"], c["confidence"])
             for clause_id, categories in labels for c in categories]
     if not rows:

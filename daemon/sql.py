@@ -111,6 +111,12 @@ class Transaction:
         if self.db.dialect == "sqlite":
             return int(self.db._conn.executemany(sql, rows).rowcount)
         with self.db._conn.cursor() as cursor:
+            if len(rows) <= 4:  # a pipeline costs more than it saves on a few rows
+                count = 0
+                for row in rows:
+                    cursor.execute(self.db._sql(sql), tuple(row))
+                    count += cursor.rowcount
+                return count
             cursor.executemany(self.db._sql(sql), rows)
             return int(cursor.rowcount)
 

@@ -1,0 +1,240 @@
+"""The views are the same whichever way the log is replayed: event by event, in small
+batches, or by `rebuild` in big ones, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from config.settings import DocumentSettings, StoreSettings
+from config.taxonomy import load_taxonomy
+from daemon import projections
+from daemon.fetcher import FetchResult
+from daemon.projections import NAME, VIEW_TABLES, Views, _StoredStates, iso
+from daemon.service import ClauseWatch
+from daemon.store import open_store
+from domain.document import Document
+
+T0 = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
+DOCS = [
+    DocumentSettings(id="acme/privacy", platform="Acme", title="Privacy",
+                     url="https://acme.test/privacy"),
+    DocumentSettings(id="acme/terms", platform="Acme", title="Terms",
+                     url="https://acme.test/terms"),
+    DocumentSettings(id="other/privacy", platform="Other", title="Privacy",
+                     url="https://other.test/privacy"),
+]
+CLAUSES = [
+    "We use your content to improve our services and to train our AI models.",
+    "Any dispute will be resolved by binding arbitration and you waive any class action.",
+    "You can contact our support team at any time.",
+    "We keep your personal data for 24 months after you close your account.",
+    "We share data with payment processors to complete your purchases.",
+    "You may request a copy of your data at any time.",
+]
+SUPPORT = """
+[[categories]]
+id = "support-contact"
+name = "Support contact"
+description = "How to reach support."
+severity = "low"
+regulations = []
+
+  [[categories.rules]]
+  phrases = ["support team"]
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    if request.param == "sqlite":
+        return StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    return request.getfixturevalue("pg_url").store()
+
+
+@pytest.fixture
+def service(store_settings: StoreSettings, tmp_path: Path) -> Iterator[ClauseWatch]:
+    store = open_store(store_settings, tmp_path)
+    svc = ClauseWatch(store, taxonomy=load_taxonomy())
+    yield svc
+    store.close()
+
+
+def fetch(service: ClauseWatch, doc: DocumentSettings, clauses: list[str], hour: int) -> None:
+    service.record_fetch(doc, FetchResult(
+        requested_url=doc.url, final_url=doc.url, status=200,
+        fetched_at=T0 + timedelta(hours=hour), body="\n\n".join(clauses).encode(),
+        content_type="text/plain"))
+
+
+def history(service: ClauseWatch, tmp_path: Path) -> None:
+    """Clause lists, edits, removals and re-additions, unchanged and suspect captures,
+    failures in a row, a new description, a reclassification and dropped evidence."""
+    service.sync_documents(DOCS)
+    acme, terms, other = DOCS
+    hour = 0
+    versions = [CLAUSES, CLAUSES, CLAUSES[:4] + ["New: we sell nothing."],
+                [CLAUSES[1], CLAUSES[0], *CLAUSES[2:4]], CLAUSES[:4],
+                [c.replace("24 months", "36 months") for c in CLAUSES[:4]]]
+    for version in versions:
+        for doc, clauses in ((acme, version), (terms, version[::-1]), (other, CLAUSES[2:])):
+            fetch(service, doc, clauses, hour)
+            hour += 1
+        # An unchanged capture of each, then two failures of one of them.
+        for doc, clauses in ((acme, version), (terms, version[::-1])):
+            fetch(service, doc, clauses, hour)
+            hour += 1
+        service.record_failure(other, kind="transient", message="timed out")
+        service.record_failure(other, kind="http", message="503", status=503)
+    # Nearly all of the text gone: a suspect capture, then the good text again.
+    fetch(service, acme, CLAUSES[:1], hour)
+    fetch(service, acme, versions[-1], hour + 1)
+    fetch(service, other, CLAUSES[2:], hour + 2)
+    service.sync_documents([DocumentSettings(id=other.id, platform="Other Inc.",
+                                             title="Privacy notice", url=other.url)])
+    taxonomy = tmp_path / "taxonomy.toml"
+    taxonomy.write_text((Path(__file__).parents[1] / "config" / "taxonomy.toml").read_text(
+        encoding="utf-8") + SUPPORT, encoding="utf-8")
+    service.use_taxonomy(load_taxonomy(taxonomy))
+    assert sum(service.reclassify().values()) > 0
+    fetch(service, other, [*CLAUSES[2:], "Write to our support team by post."], hour + 3)
+    assert service.apply_retention(older_than=3600, now=T0 + timedelta(days=30)) > 0
+
+
+def rows(service: ClauseWatch) -> dict[str, list[dict[str, Any]]]:
+    db = service.store.db
+    out = {}
+    for table in (*VIEW_TABLES, "cw_positions"):
+        columns = len(db.query(f"SELECT * FROM {table} LIMIT 1")[0])
+        out[table] = db.query(f"SELECT * FROM {table} ORDER BY "
+                              + ", ".join(str(n + 1) for n in range(columns)))
+    return out
+
+
+def test_rebuild_and_catch_up_in_any_batch_size_give_the_same_rows(
+        service: ClauseWatch, tmp_path: Path) -> None:
+    history(service, tmp_path)
+    incremental = rows(service)  # caught up after every save, a few events at a time
+    # The history has what it is meant to have.
+    assert {r["outcome"] for r in incremental["cw_captures"]} == {
+        "baseline", "changed", "unchanged", "suspect", "failed"}
+    assert {r["status"] for r in incremental["cw_clauses"]} == {"present", "removed"}
+    assert {r["cause"] for r in incremental["cw_category_changes"]} >= {"reclassify"}
+    assert any(r["bytes_dropped"] for r in incremental["cw_captures"])
+    assert incremental["cw_clause_categories"]
+    assert {r["platform"] for r in incremental["cw_clause_categories"]} >= {"Other Inc."}
+    # Each document's present clauses are those of its last good capture, in its order.
+    last = [c.replace("24 months", "36 months") for c in CLAUSES[:4]]
+    for doc, clauses in (("acme/privacy", last), ("acme/terms", last[::-1]),
+                         ("other/privacy", [*CLAUSES[2:], "Write to our support team by post."])):
+        present = sorted((c for c in service.clauses(doc) if c["status"] == "present"),
+                         key=lambda c: c["position"])
+        assert [(c["position"], c["text"]) for c in present] == list(enumerate(clauses)), doc
+    failing = service.document("other/privacy")
+    assert failing["failures"] == 12 and failing["consecutive_failures"] == 0
+
+    events = service.store.max_notification_id()
+    assert service.views.rebuild() == events
+    assert rows(service) == incremental
+
+    for size in (1, 2, 7):
+        # The same log replayed by a fresh consumer in batches of `size`.
+        db = service.store.db
+        with db.transaction() as tx:
+            for table in VIEW_TABLES:
+                tx.execute(f"DELETE FROM {table}")
+            tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
+        views = Views(db, read=service.store.read_notifications, decode=service.store.decode,
+                      batch_size=size)
+        assert views.catch_up() == events
+        assert rows(service) == incremental, size
+
+
+def test_a_rebuild_by_another_consumer_between_batches_is_not_missed(
+        service: ClauseWatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    history(service, tmp_path)
+    monkeypatch.setattr(projections, "REBUILD_BATCH_SIZE", 5)
+    expected = rows(service)
+    store = service.store
+    first = Views(store.db, read=store.read_notifications, decode=store.decode, batch_size=5)
+
+    def read(start: int, limit: int) -> Any:
+        # Once, halfway: another consumer starts a rebuild (empties the views) meanwhile.
+        if 20 < start < store.max_notification_id() and not emptied:
+            emptied.append(start)
+            with store.db.transaction() as tx:
+                for table in VIEW_TABLES:
+                    tx.execute(f"DELETE FROM {table}")
+                tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
+        return store.read_notifications(start, limit)
+
+    emptied: list[int] = []
+    first.read = read
+    assert first.rebuild() > store.max_notification_id()  # some twice
+    assert emptied
+    assert rows(service) == expected
+
+
+def test_stored_states_read_as_the_mapper_decodes(service: ClauseWatch,
+                                                  tmp_path: Path) -> None:
+    history(service, tmp_path)
+    store = service.store
+    stored = _StoredStates.of(store.decode)
+    assert stored is not None
+    notifications = store.read_notifications(1, 10_000)
+    topics = set()
+    for notification in notifications:
+        event = store.decode(notification)
+        state = stored.state(notification, type(event), stored.data(notification))
+        assert state is not None
+        expected = dict(vars(event))
+        assert state.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, datetime):
+                assert isinstance(state[key], str) and iso(state[key]) == iso(value)
+            else:
+                assert state[key] == value, (notification.topic, key)
+        topics.add(type(event).__name__)
+    assert topics == {"DocumentRegistered", "DocumentCaptured", "ClauseChanged",
+                      "CaptureFailed", "DocumentRedescribed", "ClausesReclassified"}
+
+
+def test_a_state_with_objects_it_cannot_read_directly_is_left_to_the_mapper(
+        service: ClauseWatch) -> None:
+    stored = _StoredStates.of(service.store.decode)
+    assert stored is not None
+    transcoder = service.app.mapper.transcoder
+    moment = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    captured = Document.DocumentCaptured
+    notification = SimpleNamespace(originator_id=uuid4(), state=b"", originator_version=1)
+    top = transcoder.encode({"captured_at": moment, "clauses": None})
+    nested = transcoder.encode({"captured_at": moment, "clauses": [{"at": moment}]})
+    assert stored.state(notification, captured, top) is not None
+    assert stored.state(notification, captured, nested) is None
+    assert stored.state(notification, captured, b"not json") is None
+    # Only the store's own decode is read this way.
+    assert _StoredStates.of(lambda n: service.store.decode(n)) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2024-01-01T00:20:00+00:00", "2024-01-01T00:20:00Z"),
+    ("2024-01-01T00:20:00.999999+00:00", "2024-01-01T00:20:00Z"),
+    ("2024-01-01T02:20:00+02:00", "2024-01-01T00:20:00Z"),
+    ("2024-01-01T00:20:00", "2024-01-01T00:20:00Z"),
+])
+def test_iso_reads_the_stored_text_of_a_datetime(text: str, expected: str) -> None:
+    assert iso(text) == expected == iso(datetime.fromisoformat(text))
+
+
+def test_documents_of_other_event_classes_are_not_read(service: ClauseWatch) -> None:
+    # Snapshots are not in the notification log; an event no handler reads is skipped.
+    views = service.views
+    entry = views._resolve("domain.document:Document.Event")
+    assert entry is not None and entry[0] is None
+    assert views._resolve("no.such.module:Thing") is None

@@ -115,6 +115,8 @@ class DetectionSettings:
     min_length_ratio: float = 0.3
     similarity_threshold: float = 0.5
     error_page_max_length: int = 2000
+    # Worker processes that parse and walk pages (0: in the polling threads, one core).
+    extract_processes: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -507,7 +509,7 @@ class _Parser:
 
     def detection(self, data: object) -> DetectionSettings:
         t = self.table(data, "detection", {"min_length_ratio", "similarity_threshold",
-                                           "error_page_max_length"})
+                                           "error_page_max_length", "extract_processes"})
         d = DetectionSettings()
         ratio = self.number(t, "min_length_ratio", "detection", d.min_length_ratio)
         threshold = self.number(t, "similarity_threshold", "detection", d.similarity_threshold)
@@ -518,7 +520,9 @@ class _Parser:
         return DetectionSettings(
             min_length_ratio=ratio, similarity_threshold=threshold,
             error_page_max_length=self.number(t, "error_page_max_length", "detection",
-                                              d.error_page_max_length, integer=True))
+                                              d.error_page_max_length, integer=True),
+            extract_processes=self.number(t, "extract_processes", "detection",
+                                          d.extract_processes, integer=True))
 
     def evidence(self, data: object) -> EvidenceSettings:
         t = self.table(data, "evidence", {"retention"})

@@ -144,9 +144,8 @@ def _service(settings: Settings) -> Iterator[ClauseWatch]:
     service = open_service(settings)
     try:
         yield service
-        service.flush_heads()
     finally:
-        service.store.close()
+        service.close()
 
 
 def _print_json(rows: Any) -> None:

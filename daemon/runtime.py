@@ -87,8 +87,7 @@ class Daemon:
         logs.tag_replica(self.replica)
         async with AsyncExitStack() as stack:
             self.service = service = await asyncio.to_thread(open_service, self.settings)
-            stack.push_async_callback(asyncio.to_thread, service.store.close)
-            stack.push_async_callback(asyncio.to_thread, service.flush_heads)
+            stack.push_async_callback(asyncio.to_thread, service.close)
             await asyncio.to_thread(service.sync_documents, self.settings.documents)
             if self.settings.store.is_postgres:
                 await self._join_replicas(stack)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
 from daemon.store import Store
 from domain.classify import SEVERITIES, Taxonomy, clause_classifier, taxonomy_version
+from daemon.extraction import ExtractionPool
 from daemon.group_commit import GroupCommit
 from daemon.heads import Heads
 from domain.document import (
@@ -30,6 +32,8 @@ from domain.document import (
 from domain.errors import DomainError
 from domain.extract import Extraction, SameRegion, extract
 from domain.suspect import SuspectPolicy
+
+log = logging.getLogger("clausewatch.service")
 
 FAILED = "failed"
 _CLAUSES = "cw_clauses c JOIN cw_documents d ON d.id = c.document"
@@ -124,6 +128,10 @@ class ClauseWatch:
         self._loaded: dict[str, Document] = {}
         self.heads = Heads(store.db)
         self.commits = GroupCommit(store.app)
+        # Where pages are parsed and walked: in the polling thread, or in worker processes.
+        self.extraction_pool = (ExtractionPool(detection.extract_processes)
+                                if detection.extract_processes else None)
+        self.extract: Callable[..., Extraction | SameRegion] = self.extraction_pool or extract
         # With replicas, the leader's loop projects in batches instead of every poll.
         self.catch_up_after_save = True
         self.use_taxonomy(taxonomy)
@@ -218,9 +226,10 @@ class ClauseWatch:
             known = self._region(doc.id, aggregate)
             if not extracted or (isinstance(extracted[0], SameRegion)
                                  and extracted[0].region != known):
-                extracted[:] = [extract(result.body, doc.content_type or result.content_type,
-                                        select=doc.select, remove=doc.remove,
-                                        unless_region=known)]
+                extracted[:] = [self.extract(result.body,
+                                             doc.content_type or result.content_type,
+                                             select=doc.select, remove=doc.remove,
+                                             unless_region=known)]
             extraction = extracted[0]
             if isinstance(extraction, SameRegion):
                 return aggregate.record_same_text(facts)
@@ -256,6 +265,17 @@ class ClauseWatch:
         if self.catch_up_after_save:
             self.views.catch_up()
         return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=f"{kind}: {message}")
+
+    def close(self) -> None:
+        """Write the heads, stop the extraction workers, close the store."""
+        try:
+            self.flush_heads()
+        except Exception:  # the store may be why we are closing: never hide that error
+            log.exception("could not write the document heads; the next start reloads them")
+        finally:
+            if self.extraction_pool is not None:
+                self.extraction_pool.close()
+            self.store.close()
 
     def flush_heads(self) -> int:
         """Write the heads of documents polled since the last flush (for the next process)."""

@@ -15,6 +15,10 @@ class SelectorError(DomainError):
         self.reason = reason
         super().__init__(f"selector {selector!r}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[object, str]]:
+        # Raised in extraction worker processes too: pickled with its own arguments.
+        return type(self), (self.selector, self.reason)
+
 
 class UnsupportedContentError(DomainError):
     """A document whose content type the extractor cannot read."""
@@ -22,3 +26,6 @@ class UnsupportedContentError(DomainError):
     def __init__(self, content_type: str) -> None:
         self.content_type = content_type
         super().__init__(f"cannot extract text from content type {content_type!r}")
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.content_type,)

@@ -202,6 +202,7 @@ def test_a_missing_config_exits_2_naming_the_file(capsys: pytest.CaptureFixture[
      "documents[2] (x).url"),
     ('\n[fetch2]\nretries = 1\n', "fetch2"),
     ('\n[detection]\nmin_length_ratio = 3\n', "detection.min_length_ratio"),
+    ('\n[detection]\nextract_processes = 1.5\n', "detection.extract_processes"),
     ('\n[[documents]]\nid = "example/privacy"\nplatform = "P"\ntitle = "T"\n'
      'url = "https://example.com/"\n', "documents[2] (example/privacy).id"),
     ('select = { startAfter = "h1" }\n', "documents[1] (example/terms).select"),

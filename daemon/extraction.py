@@ -1,0 +1,52 @@
+"""Extraction in worker processes, so that parsing and walking pages uses every core.
+
+A poll's thread hands the page to a process of the pool and waits (without the GIL); the
+result is the same Extraction (or SameRegion) as extracting in the thread. A worker that
+dies (a crash in the HTML parser on some page) breaks the pool: it is replaced, and that
+page is extracted in the calling thread instead, so a bad page costs one capture's speed,
+never the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from domain.extract import Extraction, SameRegion, extract
+
+log = logging.getLogger("clausewatch.extraction")
+
+
+class ExtractionPool:
+    """`extract` run in `processes` worker processes; call it like domain.extract.extract."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # forkserver: workers start from a small clean process, not a fork of a threaded one.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["domain.extract"])
+        return ProcessPoolExecutor(max_workers=self.processes, mp_context=context)
+
+    def __call__(self, body: bytes, content_type: str = "text/html", **kwargs: Any
+                 ) -> Extraction | SameRegion:
+        pool = self._pool
+        try:
+            return pool.submit(extract, body, content_type, **kwargs).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    log.warning("an extraction worker died; starting new ones")
+                    self._pool = self._new_pool()
+            return extract(body, content_type, **kwargs)
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,87 @@
+"""Extraction in worker processes gives what extraction in the thread gives, and survives a
+worker's death."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config.settings import DetectionSettings, DocumentSettings, StoreSettings
+from daemon.check import check_all
+from daemon.extraction import ExtractionPool
+from daemon.service import ClauseWatch
+from daemon.store import open_store
+from domain.errors import SelectorError, UnsupportedContentError
+from domain.extract import SameRegion, extract
+from harness import LOOPBACK_FETCH, TRIMMED_CORPUS, PageServer, declaration, replay_versions
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ExtractionPool]:
+    workers = ExtractionPool(2)
+    yield workers
+    workers.close()
+
+
+def test_workers_extract_real_pages_as_the_thread_does(pool: ExtractionPool) -> None:
+    directory = TRIMMED_CORPUS / "replay" / "github-privacy"
+    select = declaration(directory)["select"]
+    versions = replay_versions(directory)[:4]
+    for version in versions:
+        assert pool(version.body, version.content_type, select=select) == \
+            extract(version.body, version.content_type, select=select)
+    first = extract(versions[0].body, select=select)
+    assert pool(versions[1].body, select=select, unless_region=first.region) == \
+        extract(versions[1].body, select=select, unless_region=first.region)
+    assert isinstance(pool(versions[0].body, select=select, unless_region=first.region),
+                      SameRegion)
+
+
+def test_errors_cross_the_process_boundary_whole(pool: ExtractionPool) -> None:
+    with pytest.raises(SelectorError) as caught:
+        pool(b"<html><body><p>x</p></body></html>", select="p[")
+    assert caught.value.selector == "p[" and "invalid CSS selector" in caught.value.reason
+    with pytest.raises(UnsupportedContentError) as unsupported:
+        pool(b"\x00\x01", "image/png")
+    assert unsupported.value.content_type == "image/png"
+
+
+def test_a_dead_worker_costs_one_extraction_in_the_thread_then_new_workers() -> None:
+    pool = ExtractionPool(1)
+    try:
+        page = b"<html><body><main><p>We keep your data.</p></main></body></html>"
+        assert pool(page, select="main").blocks[0].text == "We keep your data."
+        [worker] = list(pool._pool._processes.values())  # noqa: SLF001 (the test kills it)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+        # The broken pool is replaced; this page is extracted all the same.
+        assert pool(page, select="main").blocks[0].text == "We keep your data."
+        assert pool(page, select="main").blocks[0].text == "We keep your data."
+        assert list(pool._pool._processes.values())[0].pid != worker.pid  # noqa: SLF001
+    finally:
+        pool.close()
+
+
+async def test_a_service_with_extraction_workers_records_the_same_captures(
+        tmp_path: Path, page_server: PageServer) -> None:
+    from test_service import CLAUSES, page
+
+    doc = DocumentSettings(id="example/privacy", platform="Example", title="Privacy",
+                           url=page_server.url("/privacy"), select="main", robots=False)
+    store = open_store(StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}"),
+                       tmp_path / "data")
+    service = ClauseWatch(store, detection=DetectionSettings(extract_processes=1))
+    try:
+        assert isinstance(service.extract, ExtractionPool)
+        page_server.set("/privacy", page(CLAUSES, "1"))
+        [first] = await check_all(service, LOOPBACK_FETCH, [doc])
+        page_server.set("/privacy", page(CLAUSES[1:], "2"))
+        [second] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert (first.outcome, first.clauses) == ("baseline", 5)
+        assert (second.outcome, second.kinds) == ("changed", ("removed",))
+    finally:
+        service.close()

@@ -197,3 +197,29 @@ def test_an_unreachable_database_is_a_store_error(tmp_path: Path) -> None:
 def test_an_unsupported_url_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="unsupported store URL"):
         open_store(StoreSettings(url="mysql://x/y"), tmp_path)
+
+
+def test_events_compressed_at_the_library_default_level_read_back(tmp_path: Path) -> None:
+    """Stores written before events were compressed at level 1 open and load as before."""
+    from daemon.store import ClauseWatchApp, application_env
+
+    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    env = application_env(settings) | {
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor"}
+    old = ClauseWatchApp(env=env)
+    doc = Document.register(slug="old/doc", platform="P", title="T", url="https://x.test/")
+    body = page(["We collect your email address.", "We keep it for a year."])
+    doc.record_capture(
+        CaptureFacts(captured_at=datetime(2025, 1, 1, tzinfo=UTC), requested_url=doc.url,
+                     final_url=doc.url, http_status=200, content_type="text/html",
+                     sha256=sha256_hex(body), size=len(body)),
+        extract(body, select="main"))
+    old.save(doc)
+    old.close()
+    store = open_store(settings, tmp_path / "data")
+    try:
+        assert store.app.env["COMPRESSOR_TOPIC"] == "daemon.store:FastZlibCompressor"
+        loaded = store.app.repository.get(doc.id)
+        assert loaded.clauses == doc.clauses and len(loaded.clauses) == 3  # h1 + 2 p
+    finally:
+        store.close()

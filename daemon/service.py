@@ -295,7 +295,7 @@ class ClauseWatch:
         try:
             self.commits.save(aggregate)
         except IntegrityError:
-            if not aggregate.is_partial:
+            if not aggregate.built_from_head:
                 raise
             # The head was stale (another replica, or a crash before its head was written).
             self.heads.forget(document_id)

@@ -140,9 +140,16 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
         document.modified_on = datetime.fromisoformat(head["modified_on"])
         for name in HEAD_FIELDS:
             setattr(document, name, head[name])
-        document.clauses = None  # type: ignore[assignment]
+        # Before its first good text a document has no clauses: nothing is missing.
+        document.clauses = [] if head["text_sha256"] is None else None  # type: ignore[assignment]
         document._clause_count = int(head["clause_count"])
+        document._from_head = True
         return document
+
+    @property
+    def built_from_head(self) -> bool:
+        """True for an aggregate built by from_head (its version is only as good as the head)."""
+        return getattr(self, "_from_head", False)
 
     @property
     def is_partial(self) -> bool:

@@ -229,3 +229,22 @@ async def test_new_markup_around_the_same_region_is_not_walked(
     page_server.set("/privacy", page(CLAUSES[1:], noise="3").decode())
     [changed] = await check_all(service, LOOPBACK_FETCH, [doc])
     assert (changed.outcome, changed.kinds, len(walks)) == ("changed", ("removed",), 2)
+
+
+def test_a_document_without_good_text_needs_no_load_and_a_stale_one_still_reloads(
+        service: ClauseWatch, store_settings: StoreSettings, tmp_path: Path) -> None:
+    doc = Document.register(slug="new/doc", platform="P", title="T", url="https://x.test/")
+    service.app.save(doc)
+    head = doc.head()
+    fresh = Document.from_head(head)
+    assert fresh.clauses == [] and not fresh.is_partial and fresh.built_from_head
+    body = page(CLAUSES)
+    assert capture(fresh, body).outcome == "baseline"
+    # Someone else captured it first: the head is stale, and saving says so.
+    other = Document.from_head(head)
+    capture(other, body)
+    service.app.save(fresh)
+    from eventsourcing.persistence import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        service.commits.save(other)

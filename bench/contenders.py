@@ -108,8 +108,10 @@ class ClauseWatchTool:
 
     def __init__(self, workdir: Path, *, store_url: str | None = None,
                  store_schema: str | None = None, concurrency: int = 16,
-                 python: Path = REPO / ".venv" / "bin" / "python", fresh: bool = True) -> None:
+                 python: Path = REPO / ".venv" / "bin" / "python", fresh: bool = True,
+                 extract_processes: int = 0) -> None:
         self.workdir = workdir
+        self.extract_processes = extract_processes
         self.fresh = fresh  # False: keep the store an earlier run left there
         self.store_url = store_url
         self.store_schema = store_schema
@@ -126,7 +128,8 @@ class ClauseWatchTool:
         self.config.write_text(write_config(self.workdir, base_url, docs, triples,
                                             store_url=self.store_url,
                                             store_schema=self.store_schema,
-                                            concurrency=self.concurrency))
+                                            concurrency=self.concurrency,
+                                            extract_processes=self.extract_processes))
 
     def run_pass(self, phase: str) -> PassResult:
         cmd = [str(self.python.parent / "clausewatch"), "check", "-c", str(self.config), "--json"]
@@ -150,7 +153,7 @@ def write_config(workdir: Path, base_url: str, docs: int, triples: Sequence[page
                  store_url: str | None = None, store_schema: str | None = None,
                  concurrency: int = 16, interval: float | None = None, workers: int = 4,
                  jitter: float = 0.0, listen: str = "127.0.0.1:0", log_level: str = "warning",
-                 log_format: str = "text", extra: str = "") -> str:
+                 log_format: str = "text", extra: str = "", extract_processes: int = 0) -> str:
     """A clausewatch.toml watching the benchmark's documents on the page server."""
     lines = [f'data_dir = "{workdir / "data"}"', ""]
     if store_url:
@@ -167,6 +170,8 @@ def write_config(workdir: Path, base_url: str, docs: int, triples: Sequence[page
               f"per_host_concurrency = {concurrency}", 'per_host_delay = "0s"', "robots = false",
               "", "[http]", f'listen = "{listen}"', "",
               "[log]", f'level = "{log_level}"', f'format = "{log_format}"', ""]
+    if extract_processes:
+        lines += ["[detection]", f"extract_processes = {extract_processes}", ""]
     lines.append(extra)
     for doc in range(docs):
         triple = triples[doc % len(triples)]

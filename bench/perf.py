@@ -118,7 +118,8 @@ def run_passes(args: argparse.Namespace, docs: int, workdir: Path, report: dict[
                                "triples": [f"{t.document}@{t.seqs}" for t in triples],
                                "passes": [], "unavailable": {}}
     report.setdefault("passes", []).append(section)
-    ours = contenders.ClauseWatchTool(workdir / f"clausewatch-{docs}")
+    ours = contenders.ClauseWatchTool(workdir / f"clausewatch-{docs}",
+                                      extract_processes=args.extract_processes)
     server.call("POST", "/_stats/reset")
     tools: list[Any] = [ours]
     if args.competitors and docs <= args.competitors_max_docs:
@@ -345,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the competitors only for N up to this (default 1000)")
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS)
     parser.add_argument("--corpus", type=Path, default=pages.CORPUS)
+    parser.add_argument("--extract-processes", type=int, default=0,
+                        help="clausewatch's [detection] extract_processes (default 0: in its "
+                        "polling threads)")
     parser.add_argument("--steady-docs", type=int, default=10_000)
     parser.add_argument("--steady-seconds", type=float, default=180.0)
     parser.add_argument("--steady-interval", type=float, default=120.0,
@@ -387,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             earlier = workdir / f"clausewatch-{args.steady_docs}"
             if reuse is None and (earlier / "data" / "events.db").exists():
                 # A store an earlier run left in --workdir: settling it beats a new baseline.
-                reuse = contenders.ClauseWatchTool(earlier, fresh=False)
+                reuse = contenders.ClauseWatchTool(earlier, fresh=False,
+                                                   extract_processes=args.extract_processes)
                 reuse.setup(server.url, args.steady_docs, pages.load_triples(args.corpus))
             report["steady"] = steady.run(args, workdir / "steady", log=log, server=server,
                                           reuse=reuse)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, workdir: Path, *, log: Callable[[str], None],
         result["settle"] = reuse.run_pass("settle").row()
     else:
         data_dir = workdir
-        tool = contenders.ClauseWatchTool(workdir)
+        tool = contenders.ClauseWatchTool(workdir, extract_processes=args.extract_processes)
         tool.setup(server.url, docs, triples)
         log(f"steady: baseline pass over {docs:,} documents")
         result["settle"] = tool.run_pass("baseline").row()
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace, workdir: Path, *, log: Callable[[str], None],
     config = workdir / "steady.toml"
     config.write_text(contenders.write_config(
         data_dir, server.url, docs, triples, interval=args.steady_interval, jitter=1.0,
-        listen=f"127.0.0.1:{port}", workers=args.steady_workers))
+        listen=f"127.0.0.1:{port}", workers=args.steady_workers,
+        extract_processes=args.extract_processes))
     server.phase("steady", share=TEXT_SHARE, markup=MARKUP_SHARE)
     daemon = daemon_proc.DaemonProcess(config=config, port=port,
                                        log_path=workdir / "steady-daemon.log")

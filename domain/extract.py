@@ -7,12 +7,12 @@ import hashlib
 import io
 import json
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import lxml.etree as etree
-import lxml.html
 from cssselect import SelectorError as CssSyntaxError
 from lxml.cssselect import CSSSelector
 
@@ -144,7 +144,7 @@ def extract_html(html: str, *, select: Selector | None = None,
     if not html.strip():
         return Extraction(blocks=(), selection_matched=select is None)
     try:
-        root = lxml.html.document_fromstring(html)
+        root = _parse_html(html)
     except (etree.ParserError, ValueError):
         return Extraction(blocks=(), selection_matched=select is None,
                           warnings=("the page could not be parsed as HTML",))
@@ -171,6 +171,21 @@ def extract_html(html: str, *, select: Selector | None = None,
     walker = _Walker(keep if select is not None else None, drop, around=around)
     blocks = tuple(walker.walk(root))
     return Extraction(blocks=blocks, selection_matched=selection_matched, region=region)
+
+
+_PARSERS = threading.local()
+
+
+def _parse_html(html: str) -> Any:
+    """lxml.html.document_fromstring's tree, with plain elements: the walk needs none of
+    lxml.html's element classes, whose lookup ran in Python for every element visited."""
+    parser = getattr(_PARSERS, "html", None)
+    if parser is None:  # one parser per thread: lxml parsers are not shared across threads
+        parser = _PARSERS.html = etree.HTMLParser()
+    root = etree.fromstring(html, parser)
+    if root is None:
+        raise etree.ParserError("Document is empty")
+    return root
 
 
 def _region_key(root: Any, selected: list[Any], dropped: list[Any], select: Selector | None,
@@ -382,21 +397,27 @@ class _Walker:
         self.block_tags: list[str] = []
         self.headings: list[tuple[int, str]] = []
         self.blocks: list[Block] = []
+        # The few elements that start or end a selection: every other one has no marks.
+        self.marked = {element for element, _ in (keep.deltas if keep else {})} | \
+            {element for element, _ in drop.deltas}
+        self.skipped: set[Any] = set()  # elements skipped at their start, for their end
 
     def walk(self, root: Any) -> list[Block]:
         # Comments and processing instructions come as their own events (never as "start"):
         # they are not text, but the text after them is.
         walker = etree.iterwalk(root, events=("start", "end", "comment", "pi"))
         pruned = None
+        marked, skipped, around = self.marked, self.skipped, self.around
         for event, element in walker:
             if event in ("comment", "pi"):
                 self._text(element.tail)
                 continue
             tag = element.tag if isinstance(element.tag, str) else None
             if event == "start":
-                self._apply(element, "start")
-                if self.around is not None and self.kept <= 0 and not self.buffer \
-                        and element not in self.around:
+                if element in marked:
+                    self._apply(element, "start")
+                if around is not None and self.kept <= 0 and not self.buffer \
+                        and element not in around:
                     # Nothing selected in here: no text, no heading, and (with an empty
                     # buffer) nothing to flush. Its marks, if any, cancel out within it.
                     pruned = element
@@ -404,7 +425,9 @@ class _Walker:
                     continue
                 if tag is None or self._is_skipped(element, tag):
                     # Comments and invisible elements: nothing inside is text, the tail is.
-                    self._apply(element, "end")
+                    skipped.add(element)
+                    if element in marked:
+                        self._apply(element, "end")
                     self._text(element.tail)
                     walker.skip_subtree()
                     continue
@@ -412,13 +435,15 @@ class _Walker:
                 self._text(element.text)
             else:
                 if element is pruned:
-                    self._apply(element, "end")
+                    if element in marked:
+                        self._apply(element, "end")
                     pruned = None
                     continue
-                if tag is None or self._is_skipped(element, tag):
+                if element in skipped:
                     continue
-                self._close(tag)
-                self._apply(element, "end")
+                self._close(tag)  # type: ignore[arg-type]
+                if element in marked:
+                    self._apply(element, "end")
                 self._text(element.tail)
         self._flush()
         return self.blocks

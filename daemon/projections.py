@@ -112,6 +112,9 @@ Handler = Callable[["_Batch", int, State], None]
 # Events per transaction: a rebuild replays the whole log, so it takes bigger bites.
 BATCH_SIZE = 2_000
 REBUILD_BATCH_SIZE = 20_000
+# ... but no more than about this much stored (compressed) event state per batch: a clause
+# list is ~20 kB stored and ~30 times that once decoded, and the next batch is read ahead.
+BATCH_BYTES = 4 * 2**20
 # A pending document update, composed from consecutive captures and failures (see _DocDelta).
 _UPDATE_DOCUMENT = """UPDATE cw_documents SET
       first_tracked = COALESCE(first_tracked, ?),
@@ -334,14 +337,20 @@ class Views:
         with self._lock, _ReadAhead(self) as ahead:
             return self._catch_up(batch_size or self.batch_size, ahead)
 
-    def _catch_up(self, size: int, ahead: _ReadAhead) -> int:
+    def _catch_up(self, limit: int, ahead: _ReadAhead) -> int:
         done = 0
+        size = limit
         while True:
             position = self.position()
             notifications, datas = ahead.take(position + 1, size)
             if not notifications:
                 return done
-            if len(notifications) == size:
+            full = len(notifications) == size
+            # Bounded memory: a batch of first captures carries hundreds of clauses each, so
+            # the next batch is sized to about BATCH_BYTES of stored state.
+            stored = sum(len(n.state) for n in notifications)
+            size = max(1, min(limit, len(notifications) * BATCH_BYTES // max(stored, 1)))
+            if full:
                 # Probably more to come: read the next batch while this one is written.
                 ahead.start(notifications[-1].id + 1, size)
             # Clauses kept from the last batch are good if nobody wrote since it committed

@@ -156,6 +156,28 @@ def test_rebuild_and_catch_up_in_any_batch_size_give_the_same_rows(
         assert rows(service) == incremental, size
 
 
+def test_batches_are_sized_by_the_stored_state_they_carry(
+        service: ClauseWatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """First captures carry whole clause lists: a batch of them is cut to BATCH_BYTES."""
+    import daemon.projections
+
+    history(service, tmp_path)
+    incremental = rows(service)
+    reads: list[int] = []
+    read = service.store.read_notifications
+
+    def counted(start: int, limit: int) -> Any:
+        reads.append(limit)
+        return read(start, limit)
+
+    monkeypatch.setattr(daemon.projections, "BATCH_BYTES", 2_000)
+    views = Views(service.store.db, read=counted, decode=service.store.decode, batch_size=500)
+    views.rebuild()
+    assert rows(service) == incremental
+    # The first read asks for a whole batch; the ones after it for what fits in 2 kB.
+    assert reads[0] == 20_000 and max(reads[1:]) < 500
+
+
 def test_a_rebuild_by_another_consumer_between_batches_is_not_missed(
         service: ClauseWatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     history(service, tmp_path)

@@ -28,6 +28,9 @@ SCHEMA = (
         changes INTEGER NOT NULL, failures INTEGER NOT NULL,
         consecutive_failures INTEGER NOT NULL, status TEXT NOT NULL, last_error TEXT,
         sha256 TEXT, aggregate_id TEXT NOT NULL)""",
+    # Events name their aggregate, not the document: a consumer starting afresh looks up
+    # every document by it (a scan each made the first catch-up of 10,000 documents O(n^2)).
+    "CREATE INDEX IF NOT EXISTS cw_documents_aggregate ON cw_documents (aggregate_id)",
     # last_seen and last_sha256 are written when a clause is added or removed; while it is
     # present, its document's last good capture is the truth (see CLAUSE_COLUMNS).
     # categories: the clause's categories as JSON, NULL while it has never been classified.

@@ -118,6 +118,7 @@ REBUILD_BATCH_SIZE = 20_000
 # ... but no more than about this much stored (compressed) event state per batch: a clause
 # list is ~20 kB stored and ~30 times that once decoded, and the next batch is read ahead.
 BATCH_BYTES = 4 * 2**20
+FIRST_READ = 100
 # A pending document update, composed from consecutive captures and failures (see _DocDelta).
 _UPDATE_DOCUMENT = """UPDATE cw_documents SET
       first_tracked = COALESCE(first_tracked, ?),
@@ -342,7 +343,8 @@ class Views:
 
     def _catch_up(self, limit: int, ahead: _ReadAhead) -> int:
         done = 0
-        size = limit
+        # A first small read learns how big this log's events are (see BATCH_BYTES).
+        size = min(limit, FIRST_READ)
         while True:
             position = self.position()
             notifications, datas = ahead.take(position + 1, size)

@@ -174,8 +174,8 @@ def test_batches_are_sized_by_the_stored_state_they_carry(
     views = Views(service.store.db, read=counted, decode=service.store.decode, batch_size=500)
     views.rebuild()
     assert rows(service) == incremental
-    # The first read asks for a whole batch; the ones after it for what fits in 2 kB.
-    assert reads[0] == 20_000 and max(reads[1:]) < 500
+    # A small first read, then reads sized to what fits in 2 kB of stored state.
+    assert reads[0] == daemon.projections.FIRST_READ and max(reads[1:]) < 500
 
 
 def test_a_rebuild_by_another_consumer_between_batches_is_not_missed(

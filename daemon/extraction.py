@@ -24,10 +24,16 @@ log = logging.getLogger("clausewatch.extraction")
 class ExtractionPool:
     """`extract` run in `processes` worker processes; call it like domain.extract.extract."""
 
+    # Pools broken in a row (without one extraction done by a worker in between) before the
+    # pool is given up: workers that die at start would otherwise be forked again and again.
+    MAX_BREAKS = 3
+
     def __init__(self, processes: int) -> None:
         self.processes = processes
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        self._breaks = 0
+        self.given_up = False
+        self._pool: ProcessPoolExecutor | None = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # forkserver: workers start from a small clean process, not a fork of a threaded one.
@@ -38,15 +44,34 @@ class ExtractionPool:
     def __call__(self, body: bytes, content_type: str = "text/html", **kwargs: Any
                  ) -> Extraction | SameRegion:
         pool = self._pool
-        try:
-            return pool.submit(extract, body, content_type, **kwargs).result()
-        except BrokenProcessPool:
-            with self._lock:
-                if self._pool is pool:
-                    log.warning("an extraction worker died; starting new ones")
-                    self._pool = self._new_pool()
+        if pool is None:
             return extract(body, content_type, **kwargs)
+        try:
+            result = pool.submit(extract, body, content_type, **kwargs).result()
+        except BrokenProcessPool:
+            self._replace(pool)
+            return extract(body, content_type, **kwargs)
+        self._breaks = 0
+        return result
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is not broken:
+                return  # another thread replaced it already
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._breaks += 1
+            if self._breaks >= self.MAX_BREAKS:
+                log.error("extraction workers died %d times in a row; pages are extracted "
+                          "in the polling threads from now on (restart to try again)",
+                          self._breaks)
+                self._pool, self.given_up = None, True
+                return
+            log.warning("an extraction worker died; starting new ones")
+            self._pool = self._new_pool()
 
     def close(self) -> None:
         """Stop the workers."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

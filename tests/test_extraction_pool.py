@@ -85,3 +85,32 @@ async def test_a_service_with_extraction_workers_records_the_same_captures(
         assert (second.outcome, second.kinds) == ("changed", ("removed",))
     finally:
         service.close()
+
+
+def test_workers_that_keep_dying_are_given_up_for_the_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadOnArrival:
+        started = 0
+
+        def __init__(self) -> None:
+            DeadOnArrival.started += 1
+
+        def submit(self, *args: object, **kwargs: object) -> Future[object]:
+            future: Future[object] = Future()
+            future.set_exception(BrokenProcessPool("a worker died at start"))
+            return future
+
+        def shutdown(self, **kwargs: object) -> None:
+            pass
+
+    monkeypatch.setattr(ExtractionPool, "_new_pool", lambda self: DeadOnArrival())
+    pool = ExtractionPool(2)
+    page = b"<html><body><main><p>We keep your data.</p></main></body></html>"
+    for _ in range(10):
+        assert pool(page, select="main").blocks[0].text == "We keep your data."
+    # One pool at the start and two replacements, then no more forking.
+    assert pool.given_up and DeadOnArrival.started == ExtractionPool.MAX_BREAKS
+    pool.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -69,9 +70,20 @@ class ExtractionPool:
             log.warning("an extraction worker died; starting new ones")
             self._pool = self._new_pool()
 
-    def close(self) -> None:
-        """Stop the workers."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the workers: those still busy after `timeout` seconds are terminated, so a
+        page that hangs the parser cannot hang the daemon's stop."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        # The executor keeps its worker processes in a private dict: read it, or stop gently.
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("extraction worker %s still busy at stop: terminated", worker.pid)
+                worker.terminate()
+                worker.join(1.0)

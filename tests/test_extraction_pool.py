@@ -114,3 +114,18 @@ def test_workers_that_keep_dying_are_given_up_for_the_threads(
     # One pool at the start and two replacements, then no more forking.
     assert pool.given_up and DeadOnArrival.started == ExtractionPool.MAX_BREAKS
     pool.close()
+
+
+def test_a_busy_worker_cannot_hang_the_stop() -> None:
+    import time
+
+    pool = ExtractionPool(1)
+    page = b"<html><body><main><p>x</p></main></body></html>"
+    assert pool(page, select="main").blocks  # the worker is up
+    [worker] = list(pool._pool._processes.values())  # noqa: SLF001
+    pool._pool.submit(time.sleep, 60)  # noqa: SLF001 (a page that hangs the parser)
+    time.sleep(0.2)
+    started = time.monotonic()
+    pool.close(timeout=1.0)
+    assert time.monotonic() - started < 5
+    assert not worker.is_alive()

@@ -1,4 +1,5 @@
-"""Shared fixtures: the local PostgreSQL in a schema of its own, and a page server."""
+"""Shared fixtures: the local PostgreSQL in a schema of its own, a store on either database,
+and a page server."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -68,6 +70,15 @@ def pg_url() -> Iterator[PostgresTarget]:
         for schema in target.schemas:
             admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    """A store on a SQLite file, then on PostgreSQL in this test's schema (a module may
+    define its own `store_settings` instead)."""
+    if request.param == "sqlite":
+        return StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    return request.getfixturevalue("pg_url").store()
 
 
 @pytest.fixture

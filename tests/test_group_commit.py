@@ -20,13 +20,9 @@ FACTS = CaptureFacts(captured_at=T0, requested_url="https://x.test/p",
                      sha256="ab" * 32, size=10)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
-    else:
-        settings = request.getfixturevalue("pg_url").store()
-    store = open_store(settings, tmp_path / "data")
+@pytest.fixture
+def store(store_settings: StoreSettings, tmp_path: Path) -> Iterator[Store]:
+    store = open_store(store_settings, tmp_path / "data")
     yield store
     store.close()
 

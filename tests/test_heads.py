@@ -99,11 +99,6 @@ def test_a_head_of_an_unknown_layout_is_refused() -> None:
 
 
 @pytest.fixture
-def store_settings(tmp_path: Path) -> StoreSettings:
-    return StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
-
-
-@pytest.fixture
 def service(store_settings: StoreSettings, tmp_path: Path) -> Iterator[ClauseWatch]:
     store = open_store(store_settings, tmp_path / "data")
     yield ClauseWatch(store)

@@ -51,13 +51,6 @@ regulations = []
 """
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
-    if request.param == "sqlite":
-        return StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
-    return request.getfixturevalue("pg_url").store()
-
-
 @pytest.fixture
 def service(store_settings: StoreSettings, tmp_path: Path) -> Iterator[ClauseWatch]:
     store = open_store(store_settings, tmp_path)

@@ -6,10 +6,9 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
-from collections.abc import Sequence
 
 import aiohttp
 
@@ -31,9 +30,7 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
     The store is called in a thread of `executor` (default: the loop's default executor).
     """
     def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
-        context = contextvars.copy_context()
-        return asyncio.get_running_loop().run_in_executor(
-            executor, functools.partial(context.run, fn, *args, **kwargs))
+        return _in_thread(executor, fn, *args, **kwargs)
 
     etag, last_modified = await in_thread(service.validators, doc.id)
     try:
@@ -45,7 +42,7 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
             if exc.status is not None:
                 metrics.http_responses.labels(code_class=f"{exc.status // 100}xx").inc()
         outcome = await in_thread(service.record_failure, doc, kind=exc.kind,
-                                          message=exc.message, url=exc.url, status=exc.status)
+                                  message=exc.message, url=exc.url, status=exc.status)
     else:
         if metrics is not None:
             _count_fetch(metrics, result)
@@ -54,8 +51,8 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
         except DomainError as exc:
             # A page we cannot read (unsupported type, unusable selector): a failed capture.
             outcome = await in_thread(service.record_failure, doc, kind="unreadable",
-                                              message=str(exc), url=result.final_url,
-                                              status=result.status)
+                                      message=str(exc), url=result.final_url,
+                                      status=result.status)
     if metrics is not None:
         metrics.captures.labels(outcome=_outcome_label(outcome.outcome)).inc()
         for kind in outcome.kinds:
@@ -64,6 +61,14 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
             metrics.append_duration.observe(outcome.append_seconds)
     log.info(outcome.describe(), extra={"document": doc.id, "outcome": outcome.outcome})
     return outcome
+
+
+def _in_thread(executor: Executor | None, fn: Callable[..., T], *args: Any,
+               **kwargs: Any) -> Awaitable[T]:
+    """asyncio.to_thread, in `executor` (None: the loop's default one)."""
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(
+        executor, functools.partial(context.run, fn, *args, **kwargs))
 
 
 def _count_fetch(metrics: Metrics, result: FetchResult) -> None:

@@ -8,15 +8,17 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
 from config.settings import DocumentSettings, FetchSettings
 from daemon.fetcher import Fetcher, FetchError, FetchResult
-from daemon.metrics import Metrics
 from daemon.service import CheckOutcome, ClauseWatch
 from domain.errors import DomainError
+
+if TYPE_CHECKING:
+    from daemon.metrics import Metrics  # prometheus_client: only where metrics are kept
 
 log = logging.getLogger("clausewatch.poll")
 T = TypeVar("T")
@@ -32,7 +34,11 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
     def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
         return _in_thread(executor, fn, *args, **kwargs)
 
-    etag, last_modified = await in_thread(service.validators, doc.id)
+    # From the document's head in memory when it is there: no thread needed for a lookup.
+    validators = service.known_validators(doc.id)
+    if validators is None:
+        validators = await in_thread(service.validators, doc.id)
+    etag, last_modified = validators
     try:
         result = await fetcher.fetch(doc.url, etag=etag, last_modified=last_modified,
                                      robots=doc.robots)

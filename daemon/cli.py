@@ -9,20 +9,17 @@ import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
-from daemon.service import (
-    ClauseWatch,
-    NoTaxonomyError,
-    UnknownCategoryError,
-    UnknownClauseError,
-    UnknownDocumentError,
-)
-from daemon.bootstrap import migrate_store, open_service
-from daemon.schema import SchemaError
-from daemon.store import StoreError
+
+if TYPE_CHECKING:
+    from daemon.service import ClauseWatch
+
+# The store, the service and aiohttp are imported by the commands that use them, not here:
+# extraction worker processes import this module (it is the console script's __main__) and
+# need none of them.
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -110,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    from daemon.schema import SchemaError
+    from daemon.service import (
+        NoTaxonomyError,
+        UnknownCategoryError,
+        UnknownClauseError,
+        UnknownDocumentError,
+    )
+    from daemon.store import StoreError
+
     args = build_parser().parse_args(argv)
     handler = _HANDLERS.get(args.command)
     if args.command == "config":
@@ -141,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextmanager
 def _service(settings: Settings) -> Iterator[ClauseWatch]:
+    from daemon.bootstrap import open_service
+
     service = open_service(settings)
     try:
         yield service
@@ -369,6 +377,7 @@ def _import_ota(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> int:
     from daemon import schema
+    from daemon.bootstrap import migrate_store
 
     settings = load_settings(args.config)
     if args.store_command == "migrate":

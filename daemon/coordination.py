@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon.scheduler import first_delay
 from daemon.sql import Database
 
 log = logging.getLogger("clausewatch.coordination")
@@ -54,6 +53,9 @@ class PollClaims:
              spread_first: bool = True) -> None:
         """Add new documents (first poll spread over their interval), re-time changed ones and
         drop those no longer configured."""
+        # Here, not at the top: `check` opens the schema without the clock (APScheduler).
+        from daemon.scheduler import first_delay
+
         now = now or datetime.now(UTC)
         wanted = dict(documents)
         with self.db.transaction() as tx:

@@ -40,6 +40,11 @@ class Heads:
                 self._load()
             return self._heads.get(document_id)
 
+    def peek(self, document_id: str) -> dict[str, Any] | None:
+        """The head if it is in memory, without reading the table: safe on the event loop."""
+        with self._lock:
+            return self._heads.get(document_id)
+
     def put(self, document_id: str, head: dict[str, Any]) -> None:
         """Remember a document's head (written to the table at the next flush)."""
         with self._lock:
@@ -57,10 +62,13 @@ class Heads:
     def flush(self) -> int:
         """Write the heads changed since the last flush; returns how many."""
         with self._lock:
-            rows = [(document_id, self._heads[document_id]["version"],
-                     json.dumps(self._heads[document_id], separators=(",", ":")))
-                    for document_id in sorted(self._dirty) if document_id in self._heads]
+            # Heads are replaced, never changed in place: encode them outside the lock, which
+            # the event loop takes too (peek).
+            dirty = [(document_id, self._heads[document_id])
+                     for document_id in sorted(self._dirty) if document_id in self._heads]
             self._dirty.clear()
+        rows = [(document_id, head["version"], json.dumps(head, separators=(",", ":")))
+                for document_id, head in dirty]
         if rows:
             with self.db.transaction() as tx:
                 # Replicas write heads too: the newest version wins.

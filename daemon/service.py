@@ -86,6 +86,14 @@ class UnknownDocumentError(KeyError):
         return f"no document with id {self.document_id!r} is tracked"
 
 
+def _validators(outcome: str | None, etag: str | None, last_modified: str | None
+                ) -> tuple[str | None, str | None]:
+    # Only validators of a good capture: a 304 must never confirm a broken page.
+    if outcome == "suspect":
+        return None, None
+    return etag, last_modified
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckOutcome:
     """What one capture did, for a log line, a metric or the `check` command."""
@@ -175,6 +183,14 @@ class ClauseWatch:
         self.views.catch_up()
         return registered
 
+    def known_validators(self, document_id: str) -> tuple[str | None, str | None] | None:
+        """`validators` when the document's head is in memory (no I/O: callable on the event
+        loop); None when finding them needs the store (call `validators` in a thread)."""
+        head = self.heads.peek(document_id)
+        if head is None:
+            return None
+        return _validators(head["last_outcome"], head["etag"], head["last_modified"])
+
     def validators(self, document_id: str) -> tuple[str | None, str | None]:
         """The ETag and Last-Modified to send with the next conditional GET.
 
@@ -194,10 +210,7 @@ class ClauseWatch:
                 self._loaded[document_id] = aggregate
             outcome, etag, last_modified = (aggregate.last_outcome, aggregate.etag,
                                             aggregate.last_modified)
-        # Only validators of a good capture: a 304 must never confirm a broken page.
-        if outcome == "suspect":
-            return None, None
-        return etag, last_modified
+        return _validators(outcome, etag, last_modified)
 
     def record_fetch(self, doc: DocumentSettings, result: FetchResult) -> CheckOutcome:
         """Store the evidence, extract, compare with the last good version and save the events."""

@@ -148,6 +148,11 @@ _INSERT_CLAUSE = """INSERT INTO cw_clauses (id, record_no, document, position, s
 REBUILD_CLAUSES_KEPT = 250_000
 # SQLite's page cache while rebuilding, in KiB: the views' indexes are written all over.
 REBUILD_SQLITE_CACHE_KIB = 65_536
+# Indexes no event handler reads, dropped while SQLite rebuilds and made again at the end: one
+# sort of a full table beats keeping a random-order index up to date row by row. (Were the
+# rebuild killed midway, opening the views creates them again: SCHEMA says IF NOT EXISTS.)
+REBUILD_DEFERRED_INDEXES = ("cw_captures_sha", "cw_changes_clause", "cw_changes_time",
+                            "cw_clause_categories_category", "cw_category_changes_clause")
 # Evidence drops are looked up one hash at a time above this many (see _Batch.dropped_at).
 _DROPPED_IN_MEMORY = 5_000
 _SECTIONS_CACHED = 20_000
@@ -389,14 +394,23 @@ class Views:
         sqlite = self.db.dialect == "sqlite"
         if sqlite:
             cache = self.db.scalar("PRAGMA cache_size")
+            checkpoint = self.db.scalar("PRAGMA wal_autocheckpoint")
             self.db.query(f"PRAGMA cache_size = -{REBUILD_SQLITE_CACHE_KIB}")
+            # One checkpoint at the end rather than one per batch, each copying (and syncing)
+            # pages the next batch writes again.
+            self.db.query("PRAGMA wal_autocheckpoint = 0")
+            self.db.executescript([f"DROP INDEX IF EXISTS {name}"
+                                   for name in REBUILD_DEFERRED_INDEXES])
         self._clauses, self._clauses_at = {}, 0
         try:
             return self.catch_up(max(self.batch_size, REBUILD_BATCH_SIZE))
         finally:
             self._clauses, self._clauses_at = None, -1
             if sqlite:
+                self.db.executescript(SCHEMA)  # the deferred indexes
                 self.db.query(f"PRAGMA cache_size = {int(cache)}")
+                self.db.query(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
+                self.db.query("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # Event handlers --------------------------------------------------------------------
 

@@ -253,3 +253,38 @@ def test_documents_of_other_event_classes_are_not_read(service: ClauseWatch) -> 
     entry = views._resolve("domain.document:Document.Event")
     assert entry is not None and entry[0] is None
     assert views._resolve("no.such.module:Thing") is None
+
+
+def _indexes(service: ClauseWatch) -> set[str]:
+    return {r["name"] for r in service.store.db.query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'cw_%'")}
+
+
+def test_a_sqlite_rebuild_writes_without_the_indexes_no_handler_reads_then_makes_them(
+        service: ClauseWatch, tmp_path: Path) -> None:
+    if service.store.db.dialect != "sqlite":
+        pytest.skip("the deferred indexes are a SQLite rebuild's")
+    history(service, tmp_path)
+    expected, before = rows(service), _indexes(service)
+    assert set(projections.REBUILD_DEFERRED_INDEXES) <= before
+    seen: list[set[str]] = []
+    store = service.store
+
+    def read(start: int, limit: int) -> Any:
+        seen.append(_indexes(service))
+        if start > 1 and not failed:
+            failed.append(start)
+            raise RuntimeError("the event store went away")
+        return store.read_notifications(start, limit)
+
+    failed: list[int] = []
+    views = Views(store.db, read=read, decode=store.decode, batch_size=5)
+    with pytest.raises(RuntimeError):
+        views.rebuild()
+    # Midway, the indexes were not there; a rebuild that fails still makes them again.
+    assert not set(projections.REBUILD_DEFERRED_INDEXES) & seen[0]
+    assert _indexes(service) == before
+    assert int(store.db.scalar("PRAGMA wal_autocheckpoint")) > 0
+    assert views.rebuild() == store.max_notification_id()
+    assert _indexes(service) == before
+    assert rows(service) == expected

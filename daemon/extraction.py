@@ -1,10 +1,11 @@
-"""Extraction in worker processes, so that parsing and walking pages uses every core.
+"""Extraction and alignment in worker processes, so that the CPU-bound part of a poll uses
+every core.
 
-A poll's thread hands the page to a process of the pool and waits (without the GIL); the
-result is the same Extraction (or SameRegion) as extracting in the thread. A worker that
-dies (a crash in the HTML parser on some page) breaks the pool: it is replaced, and that
-page is extracted in the calling thread instead, so a bad page costs one capture's speed,
-never the daemon.
+A poll's thread hands the page (or, for a changed text, both clause lists) to a process of the
+pool and waits (without the GIL); the result is the same Extraction, SameRegion or Alignment
+as computing it in the thread. A worker that dies (a crash in the HTML parser on some page)
+breaks the pool: it is replaced, and that call runs in the calling thread instead, so a bad
+page costs one capture's speed, never the daemon.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from domain.extract import Extraction, SameRegion, extract
+
+T = TypeVar("T")
 
 log = logging.getLogger("clausewatch.extraction")
 
@@ -39,19 +43,23 @@ class ExtractionPool:
     def _new_pool(self) -> ProcessPoolExecutor:
         # forkserver: workers start from a small clean process, not a fork of a threaded one.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["domain.extract"])
+        context.set_forkserver_preload(["domain.extract", "domain.clauses"])
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=context)
 
     def __call__(self, body: bytes, content_type: str = "text/html", **kwargs: Any
                  ) -> Extraction | SameRegion:
+        return self.run(extract, body, content_type, **kwargs)
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) in a worker (fn, its arguments and result must pickle)."""
         pool = self._pool
         if pool is None:
-            return extract(body, content_type, **kwargs)
+            return fn(*args, **kwargs)
         try:
-            result = pool.submit(extract, body, content_type, **kwargs).result()
+            result = pool.submit(fn, *args, **kwargs).result()
         except BrokenProcessPool:
             self._replace(pool)
-            return extract(body, content_type, **kwargs)
+            return fn(*args, **kwargs)
         self._breaks = 0
         return result
 

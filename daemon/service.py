@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -17,12 +18,14 @@ from eventsourcing.persistence import IntegrityError
 from config.settings import DetectionSettings, DocumentSettings
 from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
-from daemon.store import Store
-from domain.classify import SEVERITIES, Taxonomy, clause_classifier, taxonomy_version
 from daemon.extraction import ExtractionPool
 from daemon.group_commit import GroupCommit
 from daemon.heads import Heads
+from daemon.store import Store
+from domain.classify import SEVERITIES, Taxonomy, clause_classifier, taxonomy_version
+from domain.clauses import align
 from domain.document import (
+    Aligner,
     CaptureFacts,
     CaptureResult,
     Document,
@@ -140,6 +143,9 @@ class ClauseWatch:
         self.extraction_pool = (ExtractionPool(detection.extract_processes)
                                 if detection.extract_processes else None)
         self.extract: Callable[..., Extraction | SameRegion] = self.extraction_pool or extract
+        # Aligning a changed text is the other CPU-bound step: in the same workers.
+        self.align: Aligner = (functools.partial(self.extraction_pool.run, align)
+                               if self.extraction_pool else align)
         # With replicas, the leader's loop projects in batches instead of every poll.
         self.catch_up_after_save = True
         self.use_taxonomy(taxonomy)
@@ -248,7 +254,8 @@ class ClauseWatch:
                 return aggregate.record_same_text(facts)
             return aggregate.record_capture(
                 facts, extraction, policy=self.policy,
-                threshold=self.detection.similarity_threshold, classify=self.classify)
+                threshold=self.detection.similarity_threshold, classify=self.classify,
+                aligner=self.align)
 
         with self._lock(doc.id):
             aggregate, capture, append_seconds = self._record(doc.id, decide)

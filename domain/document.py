@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
-from domain.clauses import ADDED, REMOVED, Clause, align
+from domain.clauses import ADDED, REMOVED, Alignment, Clause, align
 from domain.extract import Extraction
 from domain.normalize import sha256_hex
 from domain.suspect import SuspectPolicy, assess
@@ -26,6 +27,8 @@ BASELINE, UNCHANGED, CHANGED, SUSPECT = "baseline", "unchanged", "changed", "sus
 # clause's categories are that list, or None for clauses recorded before clauses were
 # classified (or by a service without a taxonomy).
 ClauseClassifier = Callable[[str], list[dict[str, Any]]]
+# `align` itself, or a function that runs it elsewhere with the same arguments.
+Aligner = Callable[..., Alignment]
 
 
 def document_uuid(slug: str) -> uuid.UUID:
@@ -186,8 +189,12 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
         policy: SuspectPolicy = SuspectPolicy(),
         threshold: float = 0.5,
         classify: ClauseClassifier | None = None,
+        aligner: Aligner = align,
     ) -> CaptureResult:
         """Record a fetched page; `extraction` is None when its bytes equal the last capture's.
+
+        `aligner` is `align` or something that calls it elsewhere (in a worker process): it
+        gets picklable arguments only.
 
         With `classify`, added and reworded clauses get their categories; a clause whose text
         did not change keeps the categories it had (a new taxonomy applies to those through
@@ -220,11 +227,12 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
 
         capture_no = self.captures + 1
         old = {} if baseline else {c["id"]: c for c in self.clauses}
-        alignment = align(
+        # A baseline has nothing to align with: no need to send it elsewhere.
+        alignment = (align if baseline else aligner)(
             [Clause(id=c["id"], text=c["text"], section=tuple(c["section"]), kind=c["kind"])
              for c in old.values()],
             extraction.blocks,
-            new_id=lambda index: _clause_id(self.slug, capture_no, index),
+            new_id=functools.partial(_clause_id, self.slug, capture_no),
             threshold=threshold,
         )
         clauses = []

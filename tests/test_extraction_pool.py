@@ -129,3 +129,24 @@ def test_a_busy_worker_cannot_hang_the_stop() -> None:
     pool.close(timeout=1.0)
     assert time.monotonic() - started < 5
     assert not worker.is_alive()
+
+
+def test_workers_align_real_versions_as_the_thread_does(pool: ExtractionPool) -> None:
+    """A changed text is aligned in a worker: the same clauses, ids and edits."""
+    import functools
+
+    from domain.clauses import Clause, align
+    from domain.document import _clause_id
+
+    directory = TRIMMED_CORPUS / "replay" / "github-privacy"
+    select = declaration(directory)["select"]
+    versions = [extract(v.body, v.content_type, select=select)
+                for v in replay_versions(directory)]
+    # Two versions of the page with different texts.
+    old, new = next((a, b) for a, b in zip(versions, versions[1:]) if a.text != b.text)
+    clauses = [Clause(id=f"cl-{n}", text=b.text, section=b.section, kind=b.kind)
+               for n, b in enumerate(old.blocks)]
+    new_id = functools.partial(_clause_id, "github/privacy", 2)
+    here = align(clauses, new.blocks, new_id=new_id, threshold=0.5)
+    there = pool.run(align, clauses, new.blocks, new_id=new_id, threshold=0.5)
+    assert there == here and here.edits

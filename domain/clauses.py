@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -184,6 +185,13 @@ def _pair_by_similarity(
         result[j] = i
         taken.add(i)
     return result
+
+
+def clause_id(slug: str, capture_no: int, index: int) -> str:
+    """The id of a clause first seen at position `index` of a document's capture_no-th
+    capture (a module function, so that `partial(clause_id, ...)` pickles to a worker)."""
+    digest = hashlib.sha256(f"{slug}\x00{capture_no}\x00{index}".encode()).hexdigest()
+    return f"cl-{digest[:12]}"
 
 
 def _gaps(length: int, anchors: list[int]) -> list[int]:

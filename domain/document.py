@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
-from domain.clauses import ADDED, REMOVED, Alignment, Clause, align
+from domain.clauses import ADDED, REMOVED, Alignment, Clause, align, clause_id
 from domain.extract import Extraction
 from domain.normalize import sha256_hex
 from domain.suspect import SuspectPolicy, assess
@@ -232,7 +231,7 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
             [Clause(id=c["id"], text=c["text"], section=tuple(c["section"]), kind=c["kind"])
              for c in old.values()],
             extraction.blocks,
-            new_id=functools.partial(_clause_id, self.slug, capture_no),
+            new_id=functools.partial(clause_id, self.slug, capture_no),
             threshold=threshold,
         )
         clauses = []
@@ -469,8 +468,3 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
                 for clause in document.clauses
             ]
             document.taxonomy_version = self.taxonomy_version
-
-
-def _clause_id(slug: str, capture_no: int, index: int) -> str:
-    digest = hashlib.sha256(f"{slug}\x00{capture_no}\x00{index}".encode()).hexdigest()
-    return f"cl-{digest[:12]}"

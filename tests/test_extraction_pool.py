@@ -136,7 +136,7 @@ def test_workers_align_real_versions_as_the_thread_does(pool: ExtractionPool) ->
     import functools
 
     from domain.clauses import Clause, align
-    from domain.document import _clause_id
+    from domain.clauses import clause_id
 
     directory = TRIMMED_CORPUS / "replay" / "github-privacy"
     select = declaration(directory)["select"]
@@ -146,7 +146,7 @@ def test_workers_align_real_versions_as_the_thread_does(pool: ExtractionPool) ->
     old, new = next((a, b) for a, b in zip(versions, versions[1:]) if a.text != b.text)
     clauses = [Clause(id=f"cl-{n}", text=b.text, section=b.section, kind=b.kind)
                for n, b in enumerate(old.blocks)]
-    new_id = functools.partial(_clause_id, "github/privacy", 2)
+    new_id = functools.partial(clause_id, "github/privacy", 2)
     here = align(clauses, new.blocks, new_id=new_id, threshold=0.5)
     there = pool.run(align, clauses, new.blocks, new_id=new_id, threshold=0.5)
     assert there == here and here.edits

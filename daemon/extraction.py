@@ -14,9 +14,9 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from domain.extract import Extraction, SameRegion, extract

@@ -38,6 +38,27 @@ TEXT_DOCUMENTS = ("tiktok-privacy-us", "tiktok-privacy-eea", "google-privacy")
 LOOPBACK_FETCH = FetchSettings(per_host_delay=0, retries=0, robots=False, timeout=30,
                                connect_timeout=5)
 
+# A category the shipped taxonomy lacks: tests add it to see a taxonomy edit take effect.
+SUPPORT_CATEGORY = """
+[[categories]]
+id = "support-contact"
+name = "Support contact"
+description = "How to reach support."
+severity = "low"
+regulations = []
+
+  [[categories.rules]]
+  phrases = ["support team"]
+"""
+
+
+def taxonomy_with_support(directory: Path) -> Path:
+    """The shipped taxonomy plus SUPPORT_CATEGORY, written to directory/taxonomy.toml."""
+    path = directory / "taxonomy.toml"
+    path.write_text((REPO / "config" / "taxonomy.toml").read_text(encoding="utf-8")
+                    + SUPPORT_CATEGORY, encoding="utf-8")
+    return path
+
 
 # The page server ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from harness import taxonomy_with_support
 from helpers.notify_kit import ENVIRON, settings, webhook
 from prometheus_client import CollectorRegistry
 
@@ -164,20 +165,7 @@ def test_reclassify_after_a_taxonomy_change_appends_and_keeps_history(
     watched(service)
     before = service.store.read_notifications(1, 1000)
     # A taxonomy edit: a new category for support contacts.
-    path = tmp_path / "taxonomy.toml"
-    path.write_text((Path(__file__).parents[1] / "config" / "taxonomy.toml").read_text(
-        encoding="utf-8") + """
-[[categories]]
-id = "support-contact"
-name = "Support contact"
-description = "How to reach support."
-severity = "low"
-regulations = []
-
-  [[categories.rules]]
-  phrases = ["support team"]
-""", encoding="utf-8")
-    service.use_taxonomy(load_taxonomy(path))
+    service.use_taxonomy(load_taxonomy(taxonomy_with_support(tmp_path)))
     assert service.reclassify() == {"acme/terms": 0, "google/privacy": 1,
                                     "tiktok/privacy-eea": 1, "tiktok/privacy-us": 1}
     after = service.store.read_notifications(1, 1000)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from harness import PageServer
+from harness import SUPPORT_CATEGORY, PageServer
 
 from daemon.cli import main
 from daemon.export import csv_cell
@@ -154,16 +154,7 @@ def test_categories_and_reclassify_commands(capsys: pytest.CaptureFixture[str], 
     assert code == 0 and set(json.loads(out)["documents"].values()) == {0}
 
     # A taxonomy of one category, named in the config: reclassify applies it.
-    (tmp_path / "taxonomy.toml").write_text("""
-[[categories]]
-id = "support-contact"
-name = "Support contact"
-description = "How to reach support."
-severity = "low"
-
-  [[categories.rules]]
-  phrases = ["support team"]
-""")
+    (tmp_path / "taxonomy.toml").write_text(SUPPORT_CATEGORY)
     config.write_text('taxonomy = "taxonomy.toml"\n' + config.read_text())
     code, out, _ = run(capsys, "config", "check", "-c", config)
     assert code == 0 and "(1 categories)" in out

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from harness import taxonomy_with_support
 
 from config.settings import DocumentSettings, StoreSettings
 from config.taxonomy import load_taxonomy
@@ -38,17 +39,6 @@ CLAUSES = [
     "We share data with payment processors to complete your purchases.",
     "You may request a copy of your data at any time.",
 ]
-SUPPORT = """
-[[categories]]
-id = "support-contact"
-name = "Support contact"
-description = "How to reach support."
-severity = "low"
-regulations = []
-
-  [[categories.rules]]
-  phrases = ["support team"]
-"""
 
 
 @pytest.fixture
@@ -91,10 +81,7 @@ def history(service: ClauseWatch, tmp_path: Path) -> None:
     fetch(service, other, CLAUSES[2:], hour + 2)
     service.sync_documents([DocumentSettings(id=other.id, platform="Other Inc.",
                                              title="Privacy notice", url=other.url)])
-    taxonomy = tmp_path / "taxonomy.toml"
-    taxonomy.write_text((Path(__file__).parents[1] / "config" / "taxonomy.toml").read_text(
-        encoding="utf-8") + SUPPORT, encoding="utf-8")
-    service.use_taxonomy(load_taxonomy(taxonomy))
+    service.use_taxonomy(load_taxonomy(taxonomy_with_support(tmp_path)))
     assert sum(service.reclassify().values()) > 0
     fetch(service, other, [*CLAUSES[2:], "Write to our support team by post."], hour + 3)
     assert service.apply_retention(older_than=3600, now=T0 + timedelta(days=30)) > 0

@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from eventsourcing.persistence import JSONTranscoder, find_id_convertor
 from eventsourcing.utils import resolve_topic
 
@@ -151,8 +152,12 @@ REBUILD_SQLITE_CACHE_KIB = 65_536
 # Indexes no event handler reads, dropped while SQLite rebuilds and made again at the end: one
 # sort of a full table beats keeping a random-order index up to date row by row. (Were the
 # rebuild killed midway, opening the views creates them again: SCHEMA says IF NOT EXISTS.)
-REBUILD_DEFERRED_INDEXES = ("cw_captures_sha", "cw_changes_clause", "cw_changes_time",
-                            "cw_clause_categories_category", "cw_category_changes_clause")
+# cw_captures_document is read by one handler, for a removed clause's last good capture: a
+# rebuild knows that from the captures it has replayed (Views._last_good).
+REBUILD_DEFERRED_INDEXES = ("cw_captures_sha", "cw_captures_document", "cw_changes_clause",
+                            "cw_changes_time", "cw_clause_categories_category",
+                            "cw_category_changes_clause")
+_GOOD_OUTCOMES = ("baseline", "changed", "unchanged")
 # Evidence drops are looked up one hash at a time above this many (see _Batch.dropped_at).
 _DROPPED_IN_MEMORY = 5_000
 _SECTIONS_CACHED = 20_000
@@ -332,6 +337,8 @@ class Views:
         # During a rebuild: the present clauses as of the position they were written at.
         self._clauses: dict[str, dict[str, tuple[Any, ...]]] | None = None
         self._clauses_at = -1
+        # During a rebuild: each document's last good capture so far (slug -> sha256).
+        self._last_good: dict[str, str | None] | None = None
         db.executescript(SCHEMA)
         db.execute("INSERT INTO cw_positions (name, position) VALUES (?, 0) "
                    "ON CONFLICT (name) DO NOTHING", (NAME,))
@@ -401,11 +408,11 @@ class Views:
             self.db.query("PRAGMA wal_autocheckpoint = 0")
             self.db.executescript([f"DROP INDEX IF EXISTS {name}"
                                    for name in REBUILD_DEFERRED_INDEXES])
-        self._clauses, self._clauses_at = {}, 0
+        self._clauses, self._clauses_at, self._last_good = {}, 0, {}
         try:
             return self.catch_up(max(self.batch_size, REBUILD_BATCH_SIZE))
         finally:
-            self._clauses, self._clauses_at = None, -1
+            self._clauses, self._clauses_at, self._last_good = None, -1, None
             if sqlite:
                 self.db.executescript(SCHEMA)  # the deferred indexes
                 self.db.query(f"PRAGMA cache_size = {int(cache)}")
@@ -420,6 +427,7 @@ class Views:
         if kept is not None and not fresh:
             # Another consumer wrote since, or the last commit failed: it may be stale.
             kept.clear()
+            self._last_good = None  # so may this be: read the captures instead
         batch = _Batch(tx, kept)
         self._apply_events(batch, notifications, datas)
         if kept is not None:
@@ -525,6 +533,8 @@ class Views:
             # at the previous good capture.
             self._replace_clauses(batch, slug, e, at)
         sha256 = e["sha256"]
+        if self._last_good is not None and outcome in _GOOD_OUTCOMES:
+            self._last_good[slug] = sha256
         dropped = batch.dropped_at(sha256)
         batch.captures.append(
             (seq, self._event_id(e), slug, at, outcome, e["http_status"], sha256, e["size"],
@@ -572,14 +582,20 @@ class Views:
             # They read the document's last good capture: send what is held back for it.
             batch.flush_writes()
             batch.flush_document(slug)
-            tx.executemany(
-                """UPDATE cw_clauses SET status = 'removed', removed_at = ?,
-                     last_seen = (SELECT last_verified FROM cw_documents WHERE id = ?),
-                     last_sha256 = (SELECT sha256 FROM cw_captures WHERE document = ?
-                                    AND outcome IN ('baseline', 'changed', 'unchanged')
-                                    ORDER BY seq DESC LIMIT 1)
-                   WHERE id = ?""",
-                [(at, slug, slug, clause_id) for clause_id in gone])
+            remove = """UPDATE cw_clauses SET status = 'removed', removed_at = ?,
+                          last_seen = (SELECT last_verified FROM cw_documents WHERE id = ?),
+                          last_sha256 = {} WHERE id = ?"""
+            if self._last_good is not None:
+                # A rebuild, which replayed every capture before this one.
+                last_good = self._last_good.get(slug)
+                tx.executemany(remove.format("?"),
+                               [(at, slug, last_good, clause_id) for clause_id in gone])
+            else:
+                tx.executemany(
+                    remove.format("""(SELECT sha256 FROM cw_captures WHERE document = ?
+                                      AND outcome IN ('baseline', 'changed', 'unchanged')
+                                      ORDER BY seq DESC LIMIT 1)"""),
+                    [(at, slug, slug, clause_id) for clause_id in gone])
             for clause_id in gone:
                 del present[clause_id]
         updates: list[tuple[Any, ...]] = []
@@ -715,15 +731,16 @@ class _StoredStates:
         if data is None:
             return None
         try:
-            text = data.decode("utf8")
-            state = json.loads(text)
-        except ValueError:
+            # orjson: the same values as json.loads, 2.5-4 times faster (a clause list in
+            # 0.11 ms instead of 0.31). What it refuses (NaN, huge integers) goes the slow way.
+            state = orjson.loads(data)
+        except orjson.JSONDecodeError:
             return None
         if type(state) is not dict:
             return None
         # Objects the transcoder encoded: {"_type_": name, "_data_": ...}. Only those at the
         # top are decoded here; if the text names more, they are nested: decode it fully.
-        marked = text.count('"_type_"')
+        marked = data.count(b'"_type_"')
         if marked:
             names = self.names
             for key, value in state.items():
@@ -750,8 +767,30 @@ class _StoredStates:
         return state
 
 
+_JSON_TEXTS: dict[bytes, str] = {}
+_JSON_TEXTS_KEPT = 4_096
+
+
 def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    """`value` as the views keep JSON (sorted keys, `json.dumps` spacing), None for None.
+
+    Called for every clause of every clause list, whose categories are mostly the same few
+    lists: orjson makes the key (a tenth of json.dumps's time), a memo the text.
+    """
+    if value is None:
+        return None
+    try:
+        key = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON as orjson sees it (an integer beyond 64 bits, say)
+        key = b"null"
+    if b"null" in key:  # orjson writes NaN and infinities as null too: not a key then
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = _JSON_TEXTS.get(key)
+    if text is None:
+        if len(_JSON_TEXTS) >= _JSON_TEXTS_KEPT:
+            _JSON_TEXTS.clear()
+        text = _JSON_TEXTS[key] = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return text
 
 
 def _label(tx: Transaction, slug: str, clause_ids: Sequence[str],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
+from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.compressor import ZlibCompressor
@@ -137,6 +140,57 @@ def read_database_url(store: StoreSettings, data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'views.db'}"
 
 
+class StoredRow(NamedTuple):
+    """A stored event as eventsourcing's Notification has it, read straight from SQLite."""
+
+    id: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+class _SQLiteEventReader:
+    """Reads SQLite's `stored_events` (eventsourcing's table) on a read-only connection of its
+    own: plain rows, each originator's UUID made once. The library's reader builds a row
+    mapping, a Notification and a UUID per event: three times as long for a rebuild's
+    million events (1.1 s against 0.36 s per 200,000), most of it holding the GIL."""
+
+    _UUIDS_KEPT = 100_000
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._uuids: dict[str, UUID] = {}
+
+    def read(self, start: int, limit: int) -> list[StoredRow]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True,
+                                             check_same_thread=False)
+            rows = self._conn.execute(
+                "SELECT rowid, originator_id, originator_version, topic, state "
+                "FROM stored_events WHERE rowid >= ? ORDER BY rowid LIMIT ?",
+                (start, limit)).fetchall()
+            uuids = self._uuids
+            if len(uuids) > self._UUIDS_KEPT:
+                uuids.clear()
+            out = []
+            for rowid, originator, version, topic, state in rows:
+                uuid = uuids.get(originator)
+                if uuid is None:
+                    uuid = uuids[originator] = UUID(originator)
+                out.append(StoredRow(rowid, uuid, version, topic, state))
+            return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
 @dataclass
 class Store:
     """Everything persistent, opened together and closed together."""
@@ -144,6 +198,12 @@ class Store:
     app: ClauseWatchApp
     db: Database
     evidence: EvidenceStore
+    sqlite_path: Path | None = None
+    _reader: _SQLiteEventReader | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.sqlite_path is not None:
+            self._reader = _SQLiteEventReader(self.sqlite_path)
 
     @property
     def recorder(self) -> ApplicationRecorder:
@@ -156,6 +216,13 @@ class Store:
         """Up to `limit` stored events from notification id `start` on."""
         return self.recorder.select_notifications(start=start, limit=limit)
 
+    def read_stored(self, start: int, limit: int) -> Sequence[Any]:
+        """As read_notifications, for readers of the fields only (no Notification objects
+        on SQLite: see _SQLiteEventReader)."""
+        if self._reader is not None:
+            return self._reader.read(start, limit)
+        return self.read_notifications(start, limit)
+
     def max_notification_id(self) -> int:
         """The id of the newest stored event, 0 when the log is empty."""
         return int(self.recorder.max_notification_id() or 0)
@@ -166,6 +233,8 @@ class Store:
 
     def close(self) -> None:
         """Close the application and the read database."""
+        if self._reader is not None:
+            self._reader.close()
         self.app.close()
         self.db.close()
 
@@ -185,7 +254,8 @@ def open_store(store: StoreSettings, data_dir: Path) -> Store:
     except Exception as exc:  # the library raises many kinds; the operator needs one message
         db.close()
         raise StoreError(f"cannot open the event store {_redact(store.url)}: {exc}") from None
-    return Store(app=app, db=db, evidence=EvidenceStore(data_dir / "evidence"))
+    return Store(app=app, db=db, evidence=EvidenceStore(data_dir / "evidence"),
+                 sqlite_path=store.sqlite_path)
 
 
 def _redact(url: str) -> str:

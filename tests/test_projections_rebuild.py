@@ -3,6 +3,7 @@ batches, or by `rebuild` in big ones, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -281,3 +282,17 @@ def test_a_sqlite_rebuild_writes_without_the_indexes_no_handler_reads_then_makes
     assert views.rebuild() == store.max_notification_id()
     assert _indexes(service) == before
     assert rows(service) == expected
+
+
+@pytest.mark.parametrize("value", [
+    None, [], {}, [{"id": "ai-model-training", "confidence": 0.82, "rules": ["r1", "r2"]}],
+    {"b": 1, "a": [1.5, 2, "x"]}, ["données personnelles", "ü", "\u2028", "🙂"],
+    [{"z": None, "a": True, "m": False}], [2**70], {"1": 1, "10": 2, "2": 3}, [1e16, 0.1, -0.0],
+    [1], [1.0], [True], [float("nan")], [float("inf")],
+])
+def test_views_json_is_the_standard_librarys(value: Any) -> None:
+    """The memoised JSON of categories and sections is json.dumps's text, also on a repeat."""
+    expected = None if value is None else json.dumps(value, ensure_ascii=False,
+                                                     sort_keys=True)
+    assert projections._json_or_none(value) == expected
+    assert projections._json_or_none(value) == expected

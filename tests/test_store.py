@@ -223,3 +223,25 @@ def test_events_compressed_at_the_library_default_level_read_back(tmp_path: Path
         assert loaded.clauses == doc.clauses and len(loaded.clauses) == 3  # h1 + 2 p
     finally:
         store.close()
+
+
+def test_read_stored_gives_what_the_library_reads(reopen: Opener) -> None:
+    """The views' reader (straight from SQLite's table there) and eventsourcing's agree on
+    every field of every stored event, from any start and limit."""
+    store = reopen()
+    service = ClauseWatch(store)
+    service.sync_documents([DOC, OTHER])
+    for hour, clauses in enumerate((CLAUSES, CLAUSES[:3], [*CLAUSES[:3], "New clause."])):
+        service.record_fetch(DOC, fetched(page(clauses, noise=str(hour)), hour))
+    fields = ("id", "originator_id", "originator_version", "topic", "state")
+    last = store.max_notification_id()
+    assert last >= 6
+    for start, limit in ((1, last), (1, 2), (3, 100), (last, 5), (last + 1, 5)):
+        ours = store.read_stored(start, limit)
+        theirs = store.read_notifications(start, limit)
+        assert [tuple(getattr(n, f) for f in fields) for n in ours] == \
+            [tuple(getattr(n, f) for f in fields) for n in theirs]
+        assert len(ours) == max(0, min(limit, last - start + 1))
+    if store.sqlite_path is not None:
+        # On SQLite it is the direct reader (on PostgreSQL the library's, as it is).
+        assert type(store.read_stored(1, 1)[0]).__name__ == "StoredRow"

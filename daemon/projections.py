@@ -754,6 +754,8 @@ class _StoredStates:
                         state[key] = data  # iso() reads it as it is
                     else:
                         state[key] = names[name].decode(data)
+                    if not marked:
+                        break  # a capture's two times come first: its other 18 fields wait
             if marked:
                 return None
         originator_id = notification.originator_id

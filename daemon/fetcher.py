@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from yarl import URL  # aiohttp's own URL type
 
 from config.settings import FetchSettings
 
@@ -73,6 +74,9 @@ class FetchResult:
         return self.status == 304
 
 
+_URLS_KEPT = 100_000
+
+
 class Fetcher:
     """Fetches pages with global and per-host limits, robots.txt, redirects and retries."""
 
@@ -90,6 +94,21 @@ class Fetcher:
         self._last_request: dict[str, float] = {}
         self._host_locks: dict[str, asyncio.Lock] = {}
         self._robots: dict[str, tuple[float, urllib.robotparser.RobotFileParser | None]] = {}
+        self._urls: dict[str, URL] = {}
+
+    def _url(self, url: str) -> URL | str:
+        """The address parsed once, not at every request (yarl's parse was a tenth of the
+        main process's time for a 304)."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            try:
+                parsed = URL(url)
+            except (TypeError, ValueError):
+                return url  # aiohttp says what is wrong with it, as it always did
+            if len(self._urls) >= _URLS_KEPT:
+                self._urls.clear()
+            self._urls[url] = parsed
+        return parsed
 
     async def fetch(self, url: str, *, etag: str | None = None,
                     last_modified: str | None = None, robots: bool = True) -> FetchResult:
@@ -138,7 +157,8 @@ class Fetcher:
         while True:
             async with self._polite(current):
                 try:
-                    async with self.session.get(current, headers=headers, timeout=timeout,
+                    async with self.session.get(self._url(current), headers=headers,
+                                                timeout=timeout,
                                                 allow_redirects=False) as response:
                         if response.status in (301, 302, 303, 307, 308):
                             location = response.headers.get("Location")

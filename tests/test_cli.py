@@ -229,3 +229,12 @@ def test_config_check_explains_a_good_config(capsys: pytest.CaptureFixture[str],
     code, out, _ = run(capsys, "config", "check", "-c", config)
     assert code == 0
     assert f"{config}: OK" in out and "documents: 2" in out and "example/terms" in out
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"clausewatch {version('clausewatch')}\n"

@@ -373,28 +373,34 @@ class Rule:
     require: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     weight: float = 0.6
-    _phrase_re: _Terms | None = field(init=False, repr=False, compare=False)
     _pattern_res: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
-    _require_re: _Terms | None = field(init=False, repr=False, compare=False)
-    _exclude_re: _Terms | None = field(init=False, repr=False, compare=False)
+    # Made by _prepare, at the taxonomy's first classification (see Taxonomy._ready).
+    _phrase_re: _Terms | None = field(init=False, default=None, repr=False, compare=False)
+    _require_re: _Terms | None = field(init=False, default=None, repr=False, compare=False)
+    _exclude_re: _Terms | None = field(init=False, default=None, repr=False, compare=False)
     # The prefilter (see _Gate): words and literals without which nothing can match.
-    _gate: _Gate = field(init=False, repr=False, compare=False)
+    _gate: _Gate | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.phrases and not self.patterns:
             raise ValueError(f"rule {self.id!r} has neither phrases nor patterns")
         if not 0.0 < self.weight <= 1.0:
             raise ValueError(f"rule {self.id!r} weight {self.weight} is outside (0, 1]")
-        # Compiled once here, so a Taxonomy built once classifies any number of texts.
-        object.__setattr__(self, "_phrase_re", _alternation(self.phrases))
+        # Compiled here, so that a pattern that is no regex fails where the rule is made.
         object.__setattr__(
             self,
             "_pattern_res",
             tuple(re.compile(pattern, re.IGNORECASE) for pattern in self.patterns),
         )
-        object.__setattr__(self, "_require_re", _alternation(self.require))
-        object.__setattr__(self, "_exclude_re", _alternation(self.exclude))
-        object.__setattr__(self, "_gate", _gate(self.phrases, self.patterns))
+
+    def _prepare(self) -> None:
+        """Compile the term alternations and the prefilter, once (idempotent: two threads
+        doing it at once make the same values; the gate, set last, says it is done)."""
+        if self._gate is None:
+            object.__setattr__(self, "_phrase_re", _alternation(self.phrases))
+            object.__setattr__(self, "_require_re", _alternation(self.require))
+            object.__setattr__(self, "_exclude_re", _alternation(self.exclude))
+            object.__setattr__(self, "_gate", _gate(self.phrases, self.patterns))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -419,14 +425,22 @@ class Taxonomy:
     """The categories a clause can be tagged with."""
 
     categories: tuple[Category, ...]
-    _index: _Index = field(init=False, repr=False, compare=False)
+    _index: _Index | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = [category.id for category in self.categories]
         duplicates = sorted({cid for cid in ids if ids.count(cid) > 1})
         if duplicates:
             raise ValueError(f"duplicate category ids: {', '.join(duplicates)}")
-        object.__setattr__(self, "_index", _Index.of(self.categories))
+
+    def _ready(self) -> _Index:
+        """The rules compiled and indexed: at the first classification, not when the taxonomy
+        is loaded (~45 ms of every `check` start, though most passes classify nothing)."""
+        index = self._index
+        if index is None:
+            index = _Index.of(self.categories)  # prepares every rule
+            object.__setattr__(self, "_index", index)
+        return index
 
     def category(self, category_id: str) -> Category:
         """The category with this id."""
@@ -446,6 +460,7 @@ class _Index:
     """
 
     rules: tuple[tuple[int, Rule], ...]  # (index of the category, rule)
+    gates: tuple[_Gate, ...]  # each rule's
     by_word: dict[str, tuple[int, ...]]
     words: frozenset[str]
     by_literal: tuple[tuple[str, tuple[int, ...]], ...]
@@ -456,20 +471,26 @@ class _Index:
     def of(cls, categories: tuple[Category, ...]) -> _Index:
         """The index of these categories' rules."""
         rules = tuple((c, rule) for c, category in enumerate(categories) for rule in category.rules)
+        gates = []
+        for _c, rule in rules:
+            rule._prepare()
+            assert rule._gate is not None
+            gates.append(rule._gate)
         by_word: dict[str, list[int]] = {}
         by_literal: dict[str, list[int]] = {}
-        for i, (_c, rule) in enumerate(rules):
-            for word in rule._gate.keys:
+        for i, gate in enumerate(gates):
+            for word in gate.keys:
                 by_word.setdefault(word, []).append(i)
-            for literal in rule._gate.key_literals:
+            for literal in gate.key_literals:
                 by_literal.setdefault(literal, []).append(i)
         return cls(
             rules=rules,
+            gates=tuple(gates),
             by_word={word: tuple(ids) for word, ids in by_word.items()},
             words=frozenset(by_word),
             by_literal=tuple((literal, tuple(ids)) for literal, ids in sorted(by_literal.items())),
-            always=frozenset(i for i, (_c, rule) in enumerate(rules) if rule._gate.always),
-            patterned=frozenset(i for i, (_c, rule) in enumerate(rules) if rule._gate.patterns),
+            always=frozenset(i for i, gate in enumerate(gates) if gate.always),
+            patterned=frozenset(i for i, gate in enumerate(gates) if gate.patterns),
         )
 
     def candidates(self, words: set[str], folded: str, case_odd: bool) -> list[int]:
@@ -525,12 +546,12 @@ def classify(taxonomy: Taxonomy, text: str) -> tuple[CategoryMatch, ...]:
     # reference_classify gives, which runs them all.
     words = set(_WORDS.findall(folded))
     case_odd = _CASE_ODD.search(folded) is not None
-    index = taxonomy._index
+    index = taxonomy._ready()
     bounds: tuple[tuple[int, int], ...] | None = None
     hits: dict[int, list[RuleHit]] = {}
     for i in index.candidates(words, folded, case_odd):
         c, rule = index.rules[i]
-        if not rule._gate.open(words, folded, case_odd) or not _found(rule, folded):
+        if not index.gates[i].open(words, folded, case_odd) or not _found(rule, folded):
             continue
         if bounds is None:
             bounds = _sentence_bounds(folded)
@@ -547,6 +568,7 @@ def reference_classify(taxonomy: Taxonomy, text: str) -> tuple[CategoryMatch, ..
     Slow; kept so that tests and bench/classify_speed.py can check the prefilters change
     nothing.
     """
+    taxonomy._ready()
     folded = fold(text)
     bounds = _sentence_bounds(folded)
     matches = []

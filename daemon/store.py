@@ -167,7 +167,9 @@ class _SQLiteEventReader:
     def read(self, start: int, limit: int) -> list[StoredRow]:
         with self._lock:
             if self._conn is None:
-                self._conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True,
+                # resolve(): a relative path is relative to the working directory, as the
+                # library's own connection takes it (as_uri() wants an absolute one).
+                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                              check_same_thread=False)
             rows = self._conn.execute(
                 "SELECT rowid, originator_id, originator_version, topic, state "

@@ -245,3 +245,17 @@ def test_read_stored_gives_what_the_library_reads(reopen: Opener) -> None:
     if store.sqlite_path is not None:
         # On SQLite it is the direct reader (on PostgreSQL the library's, as it is).
         assert type(store.read_stored(1, 1)[0]).__name__ == "StoredRow"
+
+
+def test_read_stored_on_a_relative_sqlite_path(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store URL relative to the working directory (as the library takes it) reads too."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store(StoreSettings(url="sqlite:///db/events.db"), tmp_path / "data")
+    try:
+        ClauseWatch(store).sync_documents([DOC])
+        assert [row.topic for row in store.read_stored(1, 10)] == \
+            [n.topic for n in store.read_notifications(1, 10)]
+        assert len(store.read_stored(1, 10)) == 1
+    finally:
+        store.close()

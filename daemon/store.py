@@ -119,6 +119,8 @@ def application_env(store: StoreSettings) -> dict[str, str]:
             POSTGRES_PASSWORD=unquote(url.password or ""),
             # The library's default waits forever for a table lock.
             POSTGRES_LOCK_TIMEOUT=str(max(1, int(store.lock_timeout))),
+            # Appends without psycopg's pipeline mode, which could hang (see the module).
+            APPLICATION_RECORDER_TOPIC="daemon.postgres_recorder:PostgresRecorder",
             POSTGRES_CONNECT_TIMEOUT="10",
             POSTGRES_POOL_SIZE="4",
             POSTGRES_MAX_OVERFLOW="4",

@@ -259,3 +259,42 @@ def test_read_stored_on_a_relative_sqlite_path(tmp_path: Path,
         assert len(store.read_stored(1, 10)) == 1
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_appends_big_batches_without_pipeline_mode(pg_url: Any, tmp_path: Path) -> None:
+    """The recorder that replaces the library's pipelined append (which could hang on big
+    appends): a 2 MB append of 200 aggregates gets its notification ids in order, and an
+    append from a stale aggregate is still refused as a whole."""
+    from eventsourcing.persistence import IntegrityError
+
+    from daemon.postgres_recorder import PostgresRecorder
+
+    store = open_store(pg_url.store(), tmp_path / "data")
+    try:
+        assert type(store.recorder) is PostgresRecorder
+        app = store.app
+        body = page([f"Clause {n}: " + "we keep your data " * 40 for n in range(25)])
+        docs = []
+        for n in range(200):
+            doc = Document.register(slug=f"big/{n}", platform="P", title="T",
+                                    url=f"https://x.test/{n}")
+            doc.record_capture(facts(body, 1), extract(body, select="main"))
+            docs.append(doc)
+        before = store.max_notification_id()
+        app.save(*docs)
+        assert store.max_notification_id() == before + 400
+        rows = store.read_notifications(before + 1, 1_000)
+        assert [n.id for n in rows] == list(range(before + 1, before + 401))
+        assert sum(len(n.state) for n in rows) > 50_000  # compressed; ~2 MB as JSON
+        stale = app.repository.get(docs[0].id)
+        docs[0].record_capture(facts(page(["Changed."]), 2), extract(page(["Changed."]),
+                                                                       select="main"))
+        app.save(docs[0])
+        stale.record_capture(facts(page(["Other."]), 3), extract(page(["Other."]),
+                                                                 select="main"))
+        with pytest.raises(IntegrityError):
+            app.save(stale, docs[1])
+        assert store.max_notification_id() == before + 401
+    finally:
+        store.close()

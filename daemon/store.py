@@ -160,8 +160,11 @@ class _SQLiteEventReader:
 
     _UUIDS_KEPT = 100_000
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, table: str = "stored_events") -> None:
+        if not table.isidentifier():
+            raise StoreError(f"unexpected event table name {table!r}")
         self.path = path
+        self.table = table
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._uuids: dict[str, UUID] = {}
@@ -175,7 +178,7 @@ class _SQLiteEventReader:
                                              check_same_thread=False)
             rows = self._conn.execute(
                 "SELECT rowid, originator_id, originator_version, topic, state "
-                "FROM stored_events WHERE rowid >= ? ORDER BY rowid LIMIT ?",
+                f"FROM {self.table} WHERE rowid >= ? ORDER BY rowid LIMIT ?",
                 (start, limit)).fetchall()
             uuids = self._uuids
             if len(uuids) > self._UUIDS_KEPT:
@@ -207,7 +210,8 @@ class Store:
 
     def __post_init__(self) -> None:
         if self.sqlite_path is not None:
-            self._reader = _SQLiteEventReader(self.sqlite_path)
+            self._reader = _SQLiteEventReader(
+                self.sqlite_path, getattr(self.app.recorder, "events_table_name", "stored_events"))
 
     @property
     def recorder(self) -> ApplicationRecorder:

@@ -156,21 +156,13 @@ def _service(settings: Settings) -> Iterator[ClauseWatch]:
         service.close()
 
 
-def _run_loop(main: Any) -> Any:
-    """asyncio.run, on uvloop when it is installed (a faster loop for many fetches)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def _print_json(rows: Any) -> None:
     # One write: json.dump would write each token on its own (thousands of small writes).
     sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
 
 
 def _check(args: argparse.Namespace) -> int:
+    from daemon import loop
     from daemon.check import check_all
 
     settings = load_settings(args.config)
@@ -184,7 +176,7 @@ def _check(args: argparse.Namespace) -> int:
                               "use an id from [[documents]]")
         documents = tuple(d for d in documents if d.id in wanted)
     with _service(settings) as service:
-        outcomes = _run_loop(check_all(service, settings.fetch, documents))
+        outcomes = loop.run(check_all(service, settings.fetch, documents))
     if args.json:
         _print_json([{"document": o.document_id, "outcome": o.outcome, "changes": o.changes,
                       "kinds": list(o.kinds), "reason": o.reason, "sha256": o.sha256}
@@ -447,17 +439,10 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
-        print(f"{parser.prog} {_version()}")
+        from daemon.version import installed_version
+
+        print(f"{parser.prog} {installed_version()}")
         parser.exit()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("clausewatch")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 _HANDLERS = {

@@ -592,9 +592,9 @@ class Views:
                                [(at, slug, last_good, clause_id) for clause_id in gone])
             else:
                 tx.executemany(
-                    remove.format("""(SELECT sha256 FROM cw_captures WHERE document = ?
-                                      AND outcome IN ('baseline', 'changed', 'unchanged')
-                                      ORDER BY seq DESC LIMIT 1)"""),
+                    remove.format(f"""(SELECT sha256 FROM cw_captures WHERE document = ?
+                                       AND outcome IN {_GOOD_OUTCOMES!r}
+                                       ORDER BY seq DESC LIMIT 1)"""),
                     [(at, slug, slug, clause_id) for clause_id in gone])
             for clause_id in gone:
                 del present[clause_id]

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from config.errors import ConfigError
 from config.settings import DocumentSettings, Settings, load_settings
-from daemon import logs
+from daemon import logs, loop
 from daemon.check import client_session, poll
 from daemon.coordination import Leadership, PollClaims, SharedClock
 from daemon.fetcher import Fetcher
@@ -27,6 +27,7 @@ from daemon.service import CheckOutcome, ClauseWatch
 from daemon.sql import Database
 from daemon.bootstrap import load_checked_taxonomy, open_service
 from daemon.systemd import SystemdNotifier
+from daemon.version import installed_version
 
 log = logging.getLogger("clausewatch.daemon")
 
@@ -395,19 +396,4 @@ class Daemon:
 
 def run_daemon(settings: Settings, *, environ: Mapping[str, str] | None = None) -> int:
     """Run the daemon in the main thread until SIGTERM or SIGINT."""
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        runner: Callable[..., int] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(Daemon(settings, environ=environ, version=_version()).run())
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("clausewatch")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return loop.run(Daemon(settings, environ=environ, version=installed_version()).run())

@@ -6,18 +6,21 @@ or restart never counts an event twice or skips one; `rebuild` replays the whole
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from eventsourcing.persistence import JSONTranscoder, find_id_convertor
 from eventsourcing.utils import resolve_topic
 
 from daemon.sql import Database, Transaction
+
+if TYPE_CHECKING:
+    from daemon.event_reader import InflatingReader
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS cw_positions (
@@ -273,58 +276,36 @@ class _Batch:
             self.docs = {}
 
 
-class _ReadAhead:
-    """Reads the next batch of stored events (and decompresses them) in a thread while the
-    current one is written: reading and zlib let other threads run."""
+class _Direct:
+    """Reads each batch when it is wanted, in this thread (the daemon's catch-up)."""
 
-    def __init__(self, views: Views) -> None:
-        self.views = views
-        self.pool: ThreadPoolExecutor | None = None
-        self.pending: tuple[int, int, Future[Any]] | None = None
+    def __init__(self, read: Reader) -> None:
+        self.read = read
 
-    def __enter__(self) -> _ReadAhead:
+    def __enter__(self) -> _Direct:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        pass
 
     def start(self, start: int, size: int) -> None:
-        if self.views._stored is None:
-            return
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="views-read-ahead")
-        self.pending = (start, size, self.pool.submit(self._read, start, size))
+        pass
 
-    def take(self, start: int, size: int) -> tuple[Sequence[Any], Sequence[bytes | None] | None]:
-        """The events from `start` on: read ahead if that was where it read from."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            if pending[:2] == (start, size):
-                return pending[2].result()  # type: ignore[no-any-return]
-            pending[2].cancel()
-        return self.views.read(start, size), None
-
-    def _read(self, start: int, size: int) -> tuple[Sequence[Any], list[bytes | None]]:
-        views = self.views
-        stored = views._stored
-        assert stored is not None
-        notifications = views.read(start, size)
-        datas: list[bytes | None] = []
-        for notification in notifications:
-            entry = views._topics.get(notification.topic) or views._resolve(notification.topic)
-            datas.append(stored.data(notification) if entry is not None and entry[0] is not None
-                         else None)
-        return notifications, datas
+    def take(self, start: int, size: int) -> tuple[Sequence[Any], None, None, int]:
+        notifications = self.read(start, size)
+        return notifications, None, None, sum(len(n.state) for n in notifications)
 
 
 class Views:
     """The projection of the event log into query tables."""
 
     def __init__(self, db: Database, *, read: Reader, decode: Decoder,
-                 batch_size: int = BATCH_SIZE) -> None:
+                 batch_size: int = BATCH_SIZE,
+                 inflating: Callable[[], InflatingReader | None] | None = None) -> None:
         self.db = db
         self.read = read
+        # For a rebuild: a reader that reads and inflates ahead in another process.
+        self.inflating = inflating
         self.decode = decode
         self.batch_size = batch_size
         self._lock = threading.Lock()
@@ -350,22 +331,21 @@ class Views:
 
     def catch_up(self, batch_size: int | None = None) -> int:
         """Process every event not yet seen; returns how many were processed."""
-        with self._lock, _ReadAhead(self) as ahead:
-            return self._catch_up(batch_size or self.batch_size, ahead)
+        with self._lock:
+            return self._catch_up(batch_size or self.batch_size, _Direct(self.read))
 
-    def _catch_up(self, limit: int, ahead: _ReadAhead) -> int:
+    def _catch_up(self, limit: int, ahead: _Direct | InflatingReader) -> int:
         done = 0
         # A first small read learns how big this log's events are (see BATCH_BYTES).
         size = min(limit, FIRST_READ)
         while True:
             position = self.position()
-            notifications, datas = ahead.take(position + 1, size)
+            notifications, datas, marks, stored = ahead.take(position + 1, size)
             if not notifications:
                 return done
             full = len(notifications) == size
             # Bounded memory: a batch of first captures carries hundreds of clauses each, so
             # the next batch is sized to about BATCH_BYTES of stored state.
-            stored = sum(len(n.state) for n in notifications)
             size = max(1, min(limit, len(notifications) * BATCH_BYTES // max(stored, 1)))
             if full:
                 # Probably more to come: read the next batch while this one is written.
@@ -386,7 +366,9 @@ class Views:
                 if fresh:
                     if datas is not None:
                         datas = datas[len(notifications) - len(fresh):]
-                    self._apply_batch(tx, fresh, datas, fresh=kept_at == current)
+                    if marks is not None:
+                        marks = marks[len(notifications) - len(fresh):]
+                    self._apply_batch(tx, fresh, datas, marks, fresh=kept_at == current)
                     _save_position(tx, NAME, fresh[-1].id)
             done += len(fresh)
             if fresh:
@@ -394,42 +376,57 @@ class Views:
 
     def rebuild(self) -> int:
         """Empty the views and replay the whole event log."""
-        with self._lock, self.db.transaction() as tx:
-            for table in VIEW_TABLES:
-                tx.execute(f"DELETE FROM {table}")
-            tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
         sqlite = self.db.dialect == "sqlite"
-        if sqlite:
-            cache = self.db.scalar("PRAGMA cache_size")
-            checkpoint = self.db.scalar("PRAGMA wal_autocheckpoint")
-            self.db.query(f"PRAGMA cache_size = -{REBUILD_SQLITE_CACHE_KIB}")
-            # One checkpoint at the end rather than one per batch, each copying (and syncing)
-            # pages the next batch writes again.
-            self.db.query("PRAGMA wal_autocheckpoint = 0")
-            self.db.executescript([f"DROP INDEX IF EXISTS {name}"
-                                   for name in REBUILD_DEFERRED_INDEXES])
-        self._clauses, self._clauses_at, self._last_good = {}, 0, {}
+        collecting = gc.isenabled()
+        restore: list[str] = []
         try:
-            return self.catch_up(max(self.batch_size, REBUILD_BATCH_SIZE))
+            if sqlite:
+                restore = [f"PRAGMA {name} = {int(self.db.scalar(f'PRAGMA {name}'))}"
+                           for name in ("cache_size", "wal_autocheckpoint", "secure_delete")]
+                self.db.query(f"PRAGMA cache_size = -{REBUILD_SQLITE_CACHE_KIB}")
+                # One checkpoint at the end rather than one per batch, each copying (and
+                # syncing) pages the next batch writes again.
+                self.db.query("PRAGMA wal_autocheckpoint = 0")
+                # Debian's SQLite overwrites deleted content with zeros: emptying the views of
+                # a million captures took ~2 s of writing. (They hold what public pages said.)
+                self.db.query("PRAGMA secure_delete = OFF")
+            with self._lock, self.db.transaction() as tx:
+                for table in VIEW_TABLES:
+                    tx.execute(f"DELETE FROM {table}")
+                tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
+            if sqlite:
+                self.db.executescript([f"DROP INDEX IF EXISTS {name}"
+                                       for name in REBUILD_DEFERRED_INDEXES])
+            self._clauses, self._clauses_at, self._last_good = {}, 0, {}
+            reader = (self.inflating() if self.inflating is not None
+                      and self._stored is not None else None)
+            # The replay makes millions of short-lived dicts and tuples and no reference
+            # cycles: the cyclic collector's passes over them were ~9 % of a rebuild's time.
+            gc.disable()
+            with self._lock, (reader or _Direct(self.read)) as ahead:
+                return self._catch_up(max(self.batch_size, REBUILD_BATCH_SIZE), ahead)
         finally:
+            if collecting:
+                gc.enable()
             self._clauses, self._clauses_at, self._last_good = None, -1, None
             if sqlite:
                 self.db.executescript(SCHEMA)  # the deferred indexes
-                self.db.query(f"PRAGMA cache_size = {int(cache)}")
-                self.db.query(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
+                for statement in restore:
+                    self.db.query(statement)
                 self.db.query("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # Event handlers --------------------------------------------------------------------
 
     def _apply_batch(self, tx: Transaction, notifications: Sequence[Any],
-                     datas: Sequence[bytes | None] | None, *, fresh: bool) -> None:
+                     datas: Sequence[bytes | None] | None, marks: Sequence[int] | None, *,
+                     fresh: bool) -> None:
         kept = self._clauses
         if kept is not None and not fresh:
             # Another consumer wrote since, or the last commit failed: it may be stale.
             kept.clear()
             self._last_good = None  # so may this be: read the captures instead
         batch = _Batch(tx, kept)
-        self._apply_events(batch, notifications, datas)
+        self._apply_events(batch, notifications, datas, marks)
         if kept is not None:
             # Bounded: the documents read last are let go first.
             count = sum(map(len, kept.values()))
@@ -437,7 +434,8 @@ class Views:
                 count -= len(kept.popitem()[1])
 
     def _apply_events(self, batch: _Batch, notifications: Sequence[Any],
-                      datas: Sequence[bytes | None] | None) -> None:
+                      datas: Sequence[bytes | None] | None,
+                      marks: Sequence[int] | None = None) -> None:
         stored = self._stored
         topics = self._topics
         for index, notification in enumerate(notifications):
@@ -449,13 +447,19 @@ class Views:
                     handler, cls = entry
                     if handler is None:
                         continue
-                    data = datas[index] if datas is not None else None
-                    if data is None:
-                        data = stored.data(notification)
-                    state = stored.state(notification, cls, data)
+                    if datas is not None and datas[index] is not None:
+                        data = datas[index]
+                        marked = marks[index] if marks is not None else None
+                    else:
+                        data = (stored.data(notification) if notification.state is not None
+                                else None)
+                        marked = None
+                    state = stored.state(notification, cls, data, marked)
                     if state is not None:
                         handler(batch, notification.id, state)
                         continue
+            if notification.state is None:  # the InflatingReader's: read its bytes again
+                notification = self.read(notification.id, 1)[0]
             event = self.decode(notification)
             handler = getattr(self, f"_on_{type(event).__name__}", None)
             if handler is not None:
@@ -727,7 +731,9 @@ class _StoredStates:
         except Exception:
             return None
 
-    def state(self, notification: Any, cls: type, data: bytes | None) -> State | None:
+    def state(self, notification: Any, cls: type, data: bytes | None,
+              marked: int | None = None) -> State | None:
+        """The event's fields; `marked`, if known, is `data.count(b'"_type_"')`."""
         if data is None:
             return None
         try:
@@ -740,7 +746,8 @@ class _StoredStates:
             return None
         # Objects the transcoder encoded: {"_type_": name, "_data_": ...}. Only those at the
         # top are decoded here; if the text names more, they are nested: decode it fully.
-        marked = data.count(b'"_type_"')
+        if marked is None:
+            marked = data.count(b'"_type_"')
         if marked:
             names = self.names
             for key, value in state.items():

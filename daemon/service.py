@@ -133,7 +133,8 @@ class ClauseWatch:
         self.detection = detection
         self.policy = SuspectPolicy(min_length_ratio=detection.min_length_ratio,
                                     error_page_max_length=detection.error_page_max_length)
-        self.views = Views(store.db, read=store.read_stored, decode=store.decode)
+        self.views = Views(store.db, read=store.read_stored, decode=store.decode,
+                           inflating=store.inflating_reader)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._loaded: dict[str, Document] = {}

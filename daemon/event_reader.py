@@ -137,6 +137,8 @@ class InflatingReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Closing the replies first: a child busy sending a batch nobody will take stops.
+        self._conn.close()
         try:
             self._requests.send(None)
         except OSError:
@@ -146,12 +148,14 @@ class InflatingReader:
             self._process.kill()
             self._process.join()
         self._requests.close()
-        self._conn.close()
 
     def start(self, start: int, size: int) -> None:
         """Ask for the events from `start` on; they are read and inflated meanwhile."""
         if self._pending is None:
-            self._requests.send((start, size))
+            try:
+                self._requests.send((start, size))
+            except OSError:
+                raise self._died() from None
             self._pending = (start, size)
 
     def take(self, start: int,
@@ -167,10 +171,18 @@ class InflatingReader:
         return rows, datas, marks, stored
 
     def _receive(self) -> tuple[Any, ...]:
-        reply = self._conn.recv()
+        try:
+            reply = self._conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
         if isinstance(reply, str):
             raise RuntimeError(f"the event reader process failed: {reply}")
         return reply  # type: ignore[no-any-return]
+
+    def _died(self) -> RuntimeError:
+        self._process.join(1)
+        return RuntimeError("the event reader process ended unexpectedly (exit code "
+                            f"{self._process.exitcode})")
 
 
 def _widen(fd: int) -> None:

@@ -355,3 +355,24 @@ def test_a_rebuild_through_the_child_reads_again_what_it_cannot_parse_directly(
     # What the rebuild changed for itself is as it was.
     assert int(db.scalar("PRAGMA secure_delete")) == 1
     assert gc.isenabled()
+
+
+def test_the_inflating_reader_stops_cleanly_and_says_when_its_child_died(
+        sqlite_service: ClauseWatch, tmp_path: Path) -> None:
+    service = sqlite_service
+    history(service, tmp_path)
+    last = service.store.max_notification_id()
+    reader = service.store.inflating_reader()
+    assert reader is not None
+    with reader:
+        reader.start(1, last)  # a batch asked for and never taken
+    assert reader._process.exitcode == 0  # it stopped by itself, not killed
+
+    reader = service.store.inflating_reader()
+    assert reader is not None
+    with reader:
+        assert reader.take(1, 5).__len__() == 4
+        reader._process.kill()
+        reader._process.join()
+        with pytest.raises(RuntimeError, match="ended unexpectedly"):
+            reader.take(6, 5)

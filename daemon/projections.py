@@ -10,6 +10,7 @@ import gc
 import json
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -277,7 +278,7 @@ class _Batch:
 
 
 class _Direct:
-    """Reads each batch when it is wanted, in this thread (the daemon's catch-up)."""
+    """Reads each batch when it is wanted, in this thread (SQLite; see _ReadAhead)."""
 
     def __init__(self, read: Reader) -> None:
         self.read = read
@@ -291,9 +292,49 @@ class _Direct:
     def start(self, start: int, size: int) -> None:
         pass
 
-    def take(self, start: int, size: int) -> tuple[Sequence[Any], None, None, int]:
+    def take(self, start: int,
+             size: int) -> tuple[Sequence[Any], Sequence[bytes | None] | None, None, int]:
         notifications = self.read(start, size)
         return notifications, None, None, sum(len(n.state) for n in notifications)
+
+
+class _ReadAhead(_Direct):
+    """On PostgreSQL: reads (and inflates) the next batch in a thread while this one is
+    written, the thread mostly waiting for the server (a 200,000-event rebuild ~7 % faster
+    than without). On SQLite the reads hold the GIL and the two threads slowed each other
+    down (a million events in 33.9 s, 31.2 s without)."""
+
+    def __init__(self, read: Reader, stored: _StoredStates | None) -> None:
+        super().__init__(read)
+        self.stored = stored
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: tuple[int, int, Future[Any]] | None = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, start: int, size: int) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="views-read-ahead")
+        self.pending = (start, size, self.pool.submit(self._read, start, size))
+
+    def take(self, start: int,
+             size: int) -> tuple[Sequence[Any], Sequence[bytes | None] | None, None, int]:
+        """The events from `start` on: read ahead if that was where it read from."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            if pending[:2] == (start, size):
+                return pending[2].result()  # type: ignore[no-any-return]
+            pending[2].cancel()
+        return super().take(start, size)
+
+    def _read(self, start: int,
+              size: int) -> tuple[Sequence[Any], list[bytes | None] | None, None, int]:
+        notifications = self.read(start, size)
+        stored = self.stored
+        datas = [stored.data(n) for n in notifications] if stored is not None else None
+        return notifications, datas, None, sum(len(n.state) for n in notifications)
 
 
 class Views:
@@ -332,7 +373,12 @@ class Views:
     def catch_up(self, batch_size: int | None = None) -> int:
         """Process every event not yet seen; returns how many were processed."""
         with self._lock:
-            return self._catch_up(batch_size or self.batch_size, _Direct(self.read))
+            return self._catch_up(batch_size or self.batch_size, self._reader())
+
+    def _reader(self) -> _Direct:
+        if self.db.dialect == "postgres":
+            return _ReadAhead(self.read, self._stored)
+        return _Direct(self.read)
 
     def _catch_up(self, limit: int, ahead: _Direct | InflatingReader) -> int:
         done = 0
@@ -403,7 +449,7 @@ class Views:
             # The replay makes millions of short-lived dicts and tuples and no reference
             # cycles: the cyclic collector's passes over them were ~9 % of a rebuild's time.
             gc.disable()
-            with self._lock, (reader or _Direct(self.read)) as ahead:
+            with self._lock, (reader or self._reader()) as ahead:
                 return self._catch_up(max(self.batch_size, REBUILD_BATCH_SIZE), ahead)
         finally:
             if collecting:

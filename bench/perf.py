@@ -248,6 +248,9 @@ def rebuild_table(r: dict[str, Any]) -> str:
         lines.append(f"  {backend:9} {b['events']:>9,} events  {b['wall_s']:8.1f} s  "
                      f"{b['events_per_s']:>7,} events/s  CPU {b['cpu_s']} s  "
                      f"peak {b['peak_rss_mb']} MB")
+        if len(b.get("runs", ())) > 1:
+            lines.append("  " + " " * 9 + " runs (median above): " + ", ".join(
+                f"{run['wall_s']} s" for run in b["runs"]))
     return "\n".join(lines)
 
 
@@ -361,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between two text changes in the latency run")
     parser.add_argument("--rebuild-events", type=int, default=1_000_000)
     parser.add_argument("--rebuild-documents", type=int, default=1_000)
+    parser.add_argument("--rebuild-repeat", type=int, default=1,
+                        help="rebuild each log this many times; the median run is reported")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="PostgreSQL for the rebuild section ('' to leave it out)")
     parser.add_argument("--workdir", type=Path, default=None,

@@ -22,6 +22,7 @@ def test_perf_bench_runs_on_a_tiny_n_and_writes_its_json(tmp_path: Path) -> None
          "--steady-docs", "6", "--steady-seconds", "4", "--steady-interval", "2",
          "--latency-docs", "4", "--latency-changes", "2", "--latency-interval", "2",
          "--latency-spacing", "0.2", "--rebuild-events", "3000", "--rebuild-documents", "10",
+         "--rebuild-repeat", "2",
          "--pg-url", "", "--workdir", str(tmp_path / "work"), "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -39,4 +40,8 @@ def test_perf_bench_runs_on_a_tiny_n_and_writes_its_json(tmp_path: Path) -> None
 
     assert report["steady"]["polls"] > 0
     assert report["latency"]["served_to_stored"]["n"] == 2
-    assert report["rebuild"]["sqlite"]["events"] >= 3000
+    rebuilt = report["rebuild"]["sqlite"]
+    assert rebuilt["events"] >= 3000
+    # Rebuilt twice (the second time emptying full views first): every run the whole log.
+    assert [run["events"] for run in rebuilt["runs"]] == [rebuilt["events"]] * 2
+    assert "runs (median above)" in done.stdout

@@ -153,9 +153,10 @@ class Store:
     def __post_init__(self) -> None:
         if self.sqlite_path is not None:
             table = getattr(self.app.recorder, "events_table_name", "stored_events")
-            if not table.isidentifier():
-                raise StoreError(f"unexpected event table name {table!r}")
-            self._reader = SQLiteEventReader(self.sqlite_path, table)
+            try:
+                self._reader = SQLiteEventReader(self.sqlite_path, table)
+            except ValueError as exc:  # a table name the reader will not put in its SQL
+                raise StoreError(str(exc)) from None
 
     @property
     def recorder(self) -> ApplicationRecorder:

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from typing import Any
 
 from domain.diff import similarity, text_diff
 from domain.extract import Block
@@ -30,6 +31,19 @@ class Clause:
     text: str
     section: tuple[str, ...] = ()
     kind: str = "paragraph"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Clause lists cross to and from the worker processes (see Extraction.__reduce__).
+        return _clause, (self.id, self.text, self.section, self.kind)
+
+
+def _clause(id: str, text: str, section: tuple[str, ...], kind: str) -> Clause:
+    clause = object.__new__(Clause)
+    object.__setattr__(clause, "id", id)  # frozen: as the dataclass's __init__ sets it
+    object.__setattr__(clause, "text", text)
+    object.__setattr__(clause, "section", section)
+    object.__setattr__(clause, "kind", kind)
+    return clause
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,6 +35,9 @@ class Block:
     section: tuple[str, ...] = ()
     kind: str = "paragraph"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _block, (self.text, self.section, self.kind)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Extraction:
@@ -51,6 +54,26 @@ class Extraction:
     def text(self) -> str:
         """All blocks joined, one per line: the document's normalised text."""
         return "\n".join(block.text for block in self.blocks)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An extraction crosses to and from the worker processes: its blocks as plain rows
+        # pickle ~5x and unpickle ~3x faster than dataclasses do (fields() per object).
+        return _extraction, ([(b.text, b.section, b.kind) for b in self.blocks],
+                             self.selection_matched, self.warnings, self.region)
+
+
+def _block(text: str, section: tuple[str, ...], kind: str) -> Block:
+    block = object.__new__(Block)
+    object.__setattr__(block, "text", text)  # frozen: as the dataclass's __init__ sets it
+    object.__setattr__(block, "section", section)
+    object.__setattr__(block, "kind", kind)
+    return block
+
+
+def _extraction(rows: list[tuple[str, tuple[str, ...], str]], selection_matched: bool,
+                warnings: tuple[str, ...], region: str | None) -> Extraction:
+    return Extraction(blocks=tuple([_block(*row) for row in rows]),
+                      selection_matched=selection_matched, warnings=warnings, region=region)
 
 
 @dataclass(frozen=True, slots=True)

@@ -329,3 +329,24 @@ def test_a_wrong_charset_in_the_header_does_not_garble_the_text() -> None:
     # And an unknown charset name is skipped, not an error.
     assert texts(extract(html("<p>\u00e9t\u00e9</p>"), "text/html; charset=x-nonsense")) == [
         "été"]
+
+
+def test_extractions_and_clauses_pickle_to_equal_frozen_values() -> None:
+    """They cross to and from the worker processes by pickle, in a compact form of their own."""
+    import dataclasses
+    import pickle
+
+    from domain.clauses import Clause
+
+    extraction = extract(b"<html><body><h1>Terms</h1><p>We keep \xc3\xa9 data.</p><ul><li>One"
+                         b"</li></ul></body></html>", select="body")
+    assert len(extraction.blocks) == 3
+    clause = Clause(id="c1", text="We keep data.", section=("Terms",), kind="list_item")
+    for value in (extraction, extraction.blocks[1], clause):
+        copy = pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+        assert copy == value and type(copy) is type(value) and hash(copy) == hash(value)
+    copy = pickle.loads(pickle.dumps(extraction))
+    assert copy.region == extraction.region is not None
+    assert copy.blocks[1].section == ("Terms",) and copy.text == extraction.text
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.blocks[0].text = "changed"  # type: ignore[misc]

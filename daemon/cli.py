@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import orjson
+
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
 
@@ -158,7 +160,12 @@ def _service(settings: Settings) -> Iterator[ClauseWatch]:
 
 def _print_json(rows: Any) -> None:
     # One write: json.dump would write each token on its own (thousands of small writes).
-    sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+    # orjson: json.dumps with an indent runs in Python (0.1 s for `check` of 1,000 pages).
+    try:
+        text = orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:  # beyond what orjson writes (an integer over 64 bits, say)
+        text = json.dumps(rows, ensure_ascii=False, indent=2)
+    sys.stdout.write(text + "\n")
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from eventsourcing.persistence import JSONTranscoder, find_id_convertor
 from eventsourcing.utils import resolve_topic
 
 from daemon.sql import Database, Transaction
+from daemon.transcoder import FastJSONTranscoder
 
 if TYPE_CHECKING:
     from daemon.event_reader import InflatingReader
@@ -762,7 +763,8 @@ class _StoredStates:
         if getattr(decode, "__func__", None) is not Store.decode:
             return None
         mapper = decode.__self__.app.mapper  # type: ignore[attr-defined]
-        if mapper.cipher is not None or type(mapper.transcoder) is not JSONTranscoder:
+        if mapper.cipher is not None or type(mapper.transcoder) not in (JSONTranscoder,
+                                                                        FastJSONTranscoder):
             return None
         return cls(mapper)
 

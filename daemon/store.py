@@ -11,12 +11,13 @@ from urllib.parse import unquote, urlparse
 
 from eventsourcing.application import Application
 from eventsourcing.compressor import ZlibCompressor
-from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.persistence import ApplicationRecorder, Transcoder
 
 from config.settings import StoreSettings
 from daemon.event_reader import InflatingReader, SQLiteEventReader
 from daemon.evidence import EvidenceStore
 from daemon.sql import Database
+from daemon.transcoder import FastJSONTranscoder
 from domain.document import Document
 
 
@@ -39,6 +40,12 @@ class ClauseWatchApp(Application[Any]):
     name = "ClauseWatch"
     is_snapshotting_enabled = True
     SNAPSHOT_EVERY = 50
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's JSON, written and read by orjson (see daemon/transcoder.py)."""
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """Save, then snapshot each document whose version passed a multiple of 50.

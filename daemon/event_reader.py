@@ -1,8 +1,8 @@
 """Reading SQLite's event table directly, for the views: in this process, or in a child
 process that also inflates the stored state, one batch ahead, while a rebuild writes.
 
-Only the standard library is imported here: the child process imports this module and
-nothing else of clausewatch.
+Only the standard library (and ISA-L's zlib, where installed) is imported here: the child
+process imports this module and nothing else of clausewatch.
 """
 
 from __future__ import annotations
@@ -15,6 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
+
+
+def zlib_module() -> Any:
+    """ISA-L's zlib where installed (the same format, inflating in about half of zlib's
+    time), the standard library's otherwise."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib
+    return isal_zlib
 
 
 class StoredRow(NamedTuple):
@@ -201,6 +211,7 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool) ->
     try:
         db = _connect(Path(path))
         select = _select(table)
+        inflate = zlib_module()
         while (request := requests.recv()) is not None:
             rows = db.execute(select, request).fetchall()
             if not rows:
@@ -214,8 +225,8 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool) ->
                 stored += len(state)
                 if compressed:
                     try:
-                        state = zlib.decompress(state)
-                    except zlib.error:
+                        state = inflate.decompress(state)
+                    except inflate.error:
                         state = None  # the caller decodes it the usual way, and says why
                 datas.append(state)
                 marks.append(state.count(b'"_type_"') if state is not None else 0)

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-# Level 1: a 290 kB policy page in 2 ms instead of 7 ms at level 6, about 20 % larger. Every
-# new byte string of every page is compressed once, on the polling path.
+
+def _gzip() -> tuple[Callable[..., bytes], Callable[[bytes], bytes], tuple[type[Exception], ...]]:
+    """compress, decompress and what reading a damaged file raises (not gzip: OSError; cut
+    short: EOFError; a broken deflate stream: the library's error).
+
+    ISA-L's gzip where installed: a 290 kB policy page in 0.7 ms instead of zlib's 2.7 ms at
+    level 1 (9 ms at level 6), and a little smaller. Every new byte string of every page is
+    compressed once, on the polling path. The files are plain gzip: any reader reads them.
+    """
+    try:
+        from isal import igzip, isal_zlib
+    except ImportError:  # no wheel for this platform: the standard library's, same files
+        import gzip
+        import zlib
+
+        return gzip.compress, gzip.decompress, (OSError, EOFError, zlib.error)
+    return (igzip.compress, igzip.decompress,
+            (OSError, EOFError, cast("type[Exception]", isal_zlib.error)))
+
+
+_compress, _decompress, _UNREADABLE = _gzip()
 _LEVEL = 1
 
 
@@ -47,12 +66,11 @@ class EvidenceStore:
         if target.exists():
             return sha256
         target.parent.mkdir(parents=True, exist_ok=True)
+        packed = _compress(body, _LEVEL, mtime=0)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
-                                                      compresslevel=_LEVEL) as gz:
-                gz.write(body)
-                gz.flush()
+            with os.fdopen(fd, "wb") as raw:
+                raw.write(packed)
                 raw.flush()
                 os.fsync(raw.fileno())
             os.replace(tmp, target)
@@ -68,10 +86,10 @@ class EvidenceStore:
     def get(self, sha256: str, *, verify: bool = True) -> bytes:
         """The stored bytes; raises EvidenceError if missing or (when verifying) tampered."""
         try:
-            body = gzip.decompress(self.path(sha256).read_bytes())
+            body = _decompress(self.path(sha256).read_bytes())
         except FileNotFoundError:
             raise EvidenceError(f"capture {sha256} is not stored") from None
-        except (OSError, EOFError) as exc:
+        except _UNREADABLE as exc:
             raise EvidenceError(f"capture {sha256} cannot be read: {exc}") from None
         if verify and hashlib.sha256(body).hexdigest() != sha256:
             raise EvidenceError(f"capture {sha256} no longer matches its hash")
@@ -80,10 +98,10 @@ class EvidenceStore:
     def verify(self, sha256: str) -> VerifyResult:
         """Re-hash one stored capture."""
         try:
-            body = gzip.decompress(self.path(sha256).read_bytes())
+            body = _decompress(self.path(sha256).read_bytes())
         except FileNotFoundError:
             return VerifyResult(sha256=sha256, status="missing")
-        except (OSError, EOFError):
+        except _UNREADABLE:
             return VerifyResult(sha256=sha256, status="unreadable")
         actual = hashlib.sha256(body).hexdigest()
         status = "ok" if actual == sha256 else "mismatch"

@@ -223,6 +223,31 @@ def test_verify_reports_tampered_and_missing_evidence(service: ClauseWatch,
     assert problems == {digests[0]: "mismatch", digests[2]: "missing"}
 
 
+def test_evidence_files_are_plain_gzip_and_damage_is_reported(tmp_path: Path) -> None:
+    """Written with ISA-L (when installed): any gzip reader reads them; a damaged file (not
+    gzip, cut short, a broken deflate stream) is unreadable, never a crash."""
+    import gzip
+    import hashlib
+
+    from daemon.evidence import EvidenceError, EvidenceStore
+
+    store = EvidenceStore(tmp_path / "evidence")
+    body = page(CLAUSES, "x").encode() * 50
+    sha256 = store.put(body)
+    assert sha256 == hashlib.sha256(body).hexdigest()
+    packed = store.path(sha256).read_bytes()
+    assert gzip.decompress(packed) == body and store.get(sha256) == body
+    assert len(packed) < len(body) // 5
+    assert packed[4:8] == b"\0\0\0\0"  # mtime 0: the same bytes give the same file
+    middle = len(packed) // 2
+    for damaged in (b"not gzip at all", packed[:len(packed) - 9],
+                    packed[:10] + bytes(b ^ 0xFF for b in packed[10:middle]) + packed[middle:]):
+        store.path(sha256).write_bytes(damaged)
+        assert store.verify(sha256).status == "unreadable"
+        with pytest.raises(EvidenceError, match="cannot be read"):
+            store.get(sha256)
+
+
 @pytest.mark.parametrize(("first", "last", "months"), [
     ("2025-01-31T00:00:00Z", "2025-02-28T00:00:00Z", 0),
     ("2025-01-15T00:00:00Z", "2025-03-15T00:00:00Z", 2),

@@ -264,6 +264,10 @@ class ClauseWatch:
             if isinstance(region, Extraction) and region.region and capture.outcome != "suspect":
                 # The text this page gave is now the last good text: remember its region.
                 self._remember(doc.id, aggregate, region=region.region)
+            elif isinstance(region, SameRegion) and capture.outcome != "suspect":
+                # The same text from markup that differs only where the walk does not read:
+                # this page's key is the one the next page will most likely match.
+                self._remember(doc.id, aggregate, region=region.region)
             else:
                 self._remember(doc.id, aggregate)
         if self.catch_up_after_save:

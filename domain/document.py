@@ -278,8 +278,9 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
     def record_same_text(self, facts: CaptureFacts) -> CaptureResult:
         """Record new bytes whose text is known to be the last good text, unextracted.
 
-        The caller vouches for it: the watched region of the page is byte for byte that of
-        the capture the last good text was extracted from (domain.extract.SameRegion). The
+        The caller vouches for it: the watched region of the page is the markup of the
+        capture the last good text was extracted from, but for attributes the extraction
+        never reads (domain.extract.SameRegion). The
         event is the one extracting would have recorded: unchanged, the same text hash.
         """
         if self.text_sha256 is None:

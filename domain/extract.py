@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import io
@@ -15,6 +16,7 @@ from typing import Any
 import lxml.etree as etree
 from cssselect import SelectorError as CssSyntaxError
 from lxml.cssselect import CSSSelector
+from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
 from domain.errors import SelectorError, UnsupportedContentError
 from domain.normalize import normalize_text
@@ -24,7 +26,8 @@ Selector = str | Mapping[str, str] | Sequence[str | Mapping[str, str]]
 
 # Part of every region key: raise it with any change that could alter the blocks extracted
 # from some page, so that no key computed before the change is taken for one computed after.
-EXTRACTOR_VERSION = 1
+# (2: the key of plain CSS selections is computed on lexbor's tree, see _LexborRegion.)
+EXTRACTOR_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,8 +132,12 @@ def extract(
     media_type, params = _parse_content_type(content_type)
     if media_type in {"text/html", "application/xhtml+xml", ""} or _looks_like_html(body):
         if media_type not in {"text/plain", "text/markdown", "application/pdf"}:
-            return extract_html(decode_text(body, params.get("charset")), select=select,
-                                remove=remove, unless_region=unless_region)
+            html, codec = _decode(body, params.get("charset"))
+            # Bytes read as UTF-8 go to lexbor as they are (it reads bytes as UTF-8): no
+            # round trip through a str for the key of the region.
+            raw = (body if codec == "utf-8" else body[3:] if codec == "utf-8-sig" else None)
+            return extract_html(html, select=select, remove=remove,
+                                unless_region=unless_region, _utf8=raw)
     if media_type in {"text/markdown", "text/x-markdown"}:
         return extract_markdown(decode_text(body, params.get("charset")))
     if media_type == "text/plain":
@@ -142,6 +149,11 @@ def extract(
 
 def decode_text(body: bytes, charset: str | None = None) -> str:
     """Decode bytes using the declared charset, a <meta> charset, UTF-8, then Windows-1252."""
+    return _decode(body, charset)[0]
+
+
+def _decode(body: bytes, charset: str | None = None) -> tuple[str, str]:
+    """decode_text's text, and the codec that read it (Python's name for it)."""
     candidates: list[str] = []
     if charset:
         candidates.append(charset)
@@ -153,19 +165,30 @@ def decode_text(body: bytes, charset: str | None = None) -> str:
     candidates += ["utf-8", "cp1252"]
     for name in candidates:
         try:
-            return body.decode(name)
+            return body.decode(name), codecs.lookup(name).name
         except (LookupError, UnicodeDecodeError):
             continue
-    return body.decode("utf-8", errors="replace")
+    return body.decode("utf-8", errors="replace"), "replace"
 
 
 def extract_html(html: str, *, select: Selector | None = None,
-                 remove: Selector | None = None,
-                 unless_region: str | None = None) -> Extraction | SameRegion:
-    """Extract blocks from HTML, keeping only what `select` picks and dropping what `remove` picks."""
+                 remove: Selector | None = None, unless_region: str | None = None,
+                 _utf8: bytes | None = None) -> Extraction | SameRegion:
+    """Extract blocks from HTML, keeping only what `select` picks and dropping what `remove` picks.
+
+    `_utf8`: the page's bytes, when `html` is exactly their UTF-8 decoding.
+    """
     html = _XML_DECL.sub("", html, count=1)
     if not html.strip():
         return Extraction(blocks=(), selection_matched=select is None)
+    # A plain CSS selection's region is first keyed on lexbor's tree (~4x cheaper than
+    # lxml's parse): most new bytes of a policy page end here.
+    fast = _LexborRegion.of(html if _utf8 is None else _utf8, select, remove)
+    if fast is not None and unless_region is not None:
+        if fast.strict == unless_region.partition(".")[0]:
+            return SameRegion(unless_region)
+        if fast.same_as(unless_region):  # the same but for attributes the walk does not read
+            return SameRegion(fast.key)
     try:
         root = _parse_html(html)
     except (etree.ParserError, ValueError):
@@ -182,7 +205,9 @@ def extract_html(html: str, *, select: Selector | None = None,
     if remove is not None:
         drop.add_all(root, order, remove)
     region = None
-    if selection_matched and not keep.ranges and not drop.ranges:
+    if fast is not None and selection_matched and fast.agrees(keep.elements):
+        region = fast.key
+    elif selection_matched and not keep.ranges and not drop.ranges:
         region = _region_key(root, keep.elements if select is not None else [root],
                              drop.elements, select, remove)
         if unless_region is not None and region == unless_region:
@@ -218,8 +243,8 @@ def _region_key(root: Any, selected: list[Any], dropped: list[Any], select: Sele
 
     Outside the selected elements the walk reads only their ancestors' tags (a block's
     kind, a hidden or skipped container) and where `remove` matched, named by absolute
-    path: markup moving around the region changes the key (a walk too many, never a
-    missed change).
+    path, and then so are the selected elements: markup moving around the region changes the
+    key (a walk too many, never a missed change).
     """
     digest = hashlib.sha256(json.dumps([EXTRACTOR_VERSION, select, remove],
                                        sort_keys=True, default=str).encode())
@@ -234,10 +259,219 @@ def _region_key(root: Any, selected: list[Any], dropped: list[Any], select: Sele
             digest.update(repr((ancestor.tag, "hidden" in attrib, attrib.get("aria-hidden"),
                                 attrib.get("style"))).encode())
     if dropped:
+        # Where the selection is, too: the same markup elsewhere may lose other parts.
         tree = root.getroottree()
+        digest.update(b"\0\0")
+        digest.update("\0".join(tree.getpath(e) for e in unique).encode())
         digest.update(b"\0\0")
         digest.update("\0".join(sorted(tree.getpath(e) for e in dropped)).encode())
     return digest.hexdigest()
+
+
+# CSS that lxml (through cssselect) and lexbor read alike: type, #id, .class, attribute tests
+# with a plain or quoted value, the universal selector, combinators and groups; no
+# pseudo-classes, functions, escapes or namespace and case flags.
+_PLAIN_CSS = re.compile(r"""(?:[\sA-Za-z0-9_#.*>+~,-]|\[\s*[A-Za-z_][\w-]*\s*(?:[~|^$*]?=\s*"""
+                        r"""(?:"[^"\\\n]*"|'[^'\\\n]*'|[\w-]+)\s*)?\])+""")
+
+
+def _plain_css(selector: Selector | None) -> tuple[str, ...] | None:
+    """The parts of a selector made only of plain CSS (see _PLAIN_CSS), or None."""
+    if selector is None:
+        return ()
+    parts = [selector] if isinstance(selector, str) else selector
+    if not isinstance(parts, Sequence) or not all(isinstance(part, str) for part in parts):
+        return None  # a range, or a declaration lxml's side says is wrong
+    plain = tuple(part for part in parts if isinstance(part, str) and _plain_css_part(part))
+    return plain if len(plain) == len(parts) and plain else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_css_part(css: str) -> bool:
+    return bool(css.strip()) and _PLAIN_CSS.fullmatch(css) is not None
+
+
+class _LexborRegion:
+    """The region key of a plain CSS selection computed on lexbor's tree of the page.
+
+    What the key covers is what `_region_key` covers on lxml's tree: the declarations, the
+    selected elements serialised in document order, the tags and hiding attributes of their
+    ancestors, and where `remove` matched (with where the selection is). Equal keys mean the
+    same markup was selected from the same place, and so the same blocks, as long as lxml
+    selects what lexbor does: `agrees` checks that on the page the key is remembered from
+    (the same number of elements, with the same tags and text), and where it does not, the
+    region is keyed on lxml's tree as before.
+
+    A region's key is two: `strict`, of the markup as it is, and `loose`, of the markup
+    without the attributes the walk never reads (links, class names, ARIA labels, scopes:
+    what a site's redeploy rewrites). The loose one is computed only when the strict one
+    differs, so a page whose region changed only in such attributes is not walked either.
+    """
+
+    __slots__ = ("_ancestors", "_dropped", "_head", "_keep", "_loose", "_parts", "nodes",
+                 "strict")
+
+    def __init__(self, strict: str, nodes: list[Any], parts: list[str],
+                 ancestors: list[list[tuple[Any, ...]]], dropped: bytes, head: bytes,
+                 keep: frozenset[str]) -> None:
+        self.strict = strict
+        self.nodes = nodes  # each holds the tree
+        self._parts, self._ancestors, self._dropped = parts, ancestors, dropped
+        self._head, self._keep = head, keep
+        self._loose: str | None = None
+
+    @classmethod
+    def of(cls, html: str | bytes, select: Selector | None,
+           remove: Selector | None) -> _LexborRegion | None:
+        """The key of the region `select` picks from `html` (str, or bytes in UTF-8)."""
+        if select is None:
+            return None  # a whole page: its key changes with any byte anyway
+        selecting, removing = _plain_css(select), _plain_css(remove)
+        if not selecting or removing is None:
+            return None
+        try:
+            tree = LexborHTMLParser(html)
+            nodes = _lexbor_matches(tree, selecting)
+            dropped = _lexbor_matches(tree, removing) if removing else []
+        except (SelectolaxError, ValueError, RuntimeError):
+            return None
+        if not nodes:
+            return None
+        paths = [_lexbor_path(node) for node in nodes]
+        nodes = [nodes[i] for i in sorted(range(len(nodes)), key=paths.__getitem__)]
+        head = json.dumps(["lexbor", EXTRACTOR_VERSION, select, remove], sort_keys=True,
+                          default=str).encode()
+        digest = hashlib.sha256(head)
+        parts: list[str] = []
+        ancestors: list[list[tuple[Any, ...]]] = []
+        for node in nodes:
+            markup = node.html or ""
+            chain = []
+            parent = node.parent
+            while parent is not None and not parent.is_document_node:
+                attrs = parent.attributes
+                chain.append((parent.tag, "hidden" in attrs, attrs.get("aria-hidden"),
+                              attrs.get("style")))
+                parent = parent.parent
+            digest.update(b"\0")
+            digest.update(markup.encode())
+            digest.update(repr(chain).encode())
+            parts.append(markup)
+            ancestors.append(chain)
+        where = b""
+        if dropped:
+            # Where the selection and the removed elements are: the same markup at another
+            # place may lose other parts (see test_where_the_selection_is_counts...).
+            where = repr((sorted(paths), sorted(_lexbor_path(node) for node in dropped))).encode()
+            digest.update(b"\0\0")
+            digest.update(where)
+        keep = _LOOSE_KEPT | _named_attributes(selecting + removing)
+        return cls(digest.hexdigest(), nodes, parts, ancestors, where, head, keep)
+
+    @property
+    def loose(self) -> str:
+        """The key of the region without the attributes the walk does not read ("" where
+        that cannot be told from lexbor's serialisation)."""
+        if self._loose is None:
+            self._loose = self._compute_loose()
+        return self._loose
+
+    @property
+    def key(self) -> str:
+        """The region key as stored: strict and loose, joined by a dot."""
+        return f"{self.strict}.{self.loose}"
+
+    def same_as(self, key: str) -> bool:
+        """Whether a stored key says this region reads as the one it came from."""
+        strict, _, loose = key.partition(".")
+        return strict == self.strict or bool(loose) and loose == self.loose
+
+    def _compute_loose(self) -> str:
+        digest = hashlib.sha256(b"loose\0" + self._head)
+        keep = self._keep
+        for markup, chain in zip(self._parts, self._ancestors):
+            if _RAW_TEXT_WALKED.search(markup):
+                return ""
+            digest.update(b"\0")
+            digest.update(_START_TAG.sub(lambda m: _kept_attributes(m, keep), markup).encode())
+            digest.update(repr([(tag, hidden, aria == "true",
+                                 bool(style and _HIDDEN_STYLE.search(style)))
+                                for tag, hidden, aria, style in chain]).encode())
+        if self._dropped:
+            digest.update(b"\0\0")
+            digest.update(self._dropped)
+        return digest.hexdigest()
+
+    def agrees(self, elements: list[Any]) -> bool:
+        """Whether lxml selected the same elements (as far as tags and text tell)."""
+        unique = list({id(element): element for element in elements}.values())
+        if len(unique) != len(self.nodes):
+            return False
+        return sorted((element.tag if isinstance(element.tag, str) else "",
+                       _squeezed("".join(element.itertext()))) for element in unique) == \
+            sorted((node.tag or "", _squeezed(node.text(deep=True))) for node in self.nodes)
+
+
+# The attributes the walk reads (see _Walker._is_skipped). Those a selector tests are kept
+# too, though what `select` and `remove` match is in the key already (the elements, and
+# where `remove` matched).
+_LOOSE_KEPT = frozenset({"hidden", "aria-hidden", "style"})
+# A start tag as lexbor serialises it: attribute values in double quotes (a quote inside is
+# &quot;). A value holding < or > is not matched: that tag is kept whole.
+_START_TAG = re.compile(r'<([A-Za-z][^\s<>/"]*)((?:[^<>"]|"[^"<>]*")*)>')
+_ATTRIBUTE = re.compile(r'\s([^\s="/>]+)(?:="[^"<>]*")?')
+# Elements whose content lexbor serialises unescaped while the walk reads it as text: in
+# them, stripping "attributes" could merge two texts. (Script, style and the like are
+# unescaped too, but the walk skips them.)
+_RAW_TEXT_WALKED = re.compile(r"<(?:xmp|noembed|noframes|plaintext)\b", re.IGNORECASE)
+_SELECTOR_ATTRIBUTE = re.compile(r"\[\s*([A-Za-z_][\w-]*)")
+
+
+def _kept_attributes(match: re.Match[str], keep: frozenset[str]) -> str:
+    attributes = match.group(2)
+    if not attributes:
+        return match.group(0)
+    kept = "".join(a.group(0) for a in _ATTRIBUTE.finditer(attributes)
+                   if a.group(1).lower() in keep)
+    return f"<{match.group(1)}{kept}>"
+
+
+def _named_attributes(parts: tuple[str, ...]) -> frozenset[str]:
+    """The attributes plain CSS selectors test: class for `.x`, id for `#x`, [name]."""
+    names = {m.group(1).lower() for part in parts for m in _SELECTOR_ATTRIBUTE.finditer(part)}
+    text = "".join(_SELECTOR_ATTRIBUTE.sub("", part) for part in parts)
+    if "." in text:
+        names.add("class")
+    if "#" in text:
+        names.add("id")
+    return frozenset(names)
+
+
+def _lexbor_matches(tree: Any, parts: tuple[str, ...]) -> list[Any]:
+    """Every node any part selects, once each."""
+    found: dict[int, Any] = {}
+    for part in parts:
+        for node in tree.css(part):
+            found.setdefault(node.mem_id, node)
+    return list(found.values())
+
+
+def _lexbor_path(node: Any) -> tuple[int, ...]:
+    """A node's place: its index among its parent's children, at every level from the top."""
+    path: list[int] = []
+    parent = node.parent
+    while parent is not None:
+        index, child, target = 0, parent.child, node.mem_id
+        while child is not None and child.mem_id != target:
+            index += 1
+            child = child.next
+        path.append(index)
+        node, parent = parent, parent.parent
+    return tuple(reversed(path))
+
+
+def _squeezed(text: str | None) -> str:
+    return "".join((text or "").split())
 
 
 def _document_index(element: Any) -> int:

@@ -226,6 +226,33 @@ async def test_new_markup_around_the_same_region_is_not_walked(
     assert (changed.outcome, changed.kinds, len(walks)) == ("changed", ("removed",), 2)
 
 
+async def test_attributes_inside_the_region_are_not_walked_and_the_new_key_is_kept(
+        service: ClauseWatch, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import domain.extract
+
+    walks: list[int] = []
+    original = domain.extract._Walker.walk
+    monkeypatch.setattr(domain.extract._Walker, "walk",
+                        lambda self, root: walks.append(1) or original(self, root))
+    doc = _doc(page_server)
+    body = page(CLAUSES).decode()
+    page_server.set("/privacy", body)
+    await check_all(service, LOOPBACK_FETCH, [doc])
+    first_key = service.heads.get(doc.id)["region"]["key"]
+    # A redeploy renames the classes inside <main>: new markup, the same text.
+    page_server.set("/privacy", body.replace("<p>", "<p class='c-1x'>"))
+    [markup] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (markup.outcome, len(walks)) == ("unchanged", 1)
+    key = service.heads.get(doc.id)["region"]["key"]
+    assert key != first_key and key.split(".")[1] == first_key.split(".")[1]
+    # The next page with those classes matches the new key as it is.
+    page_server.set("/privacy", body.replace("<p>", "<p class='c-1x'>").replace(
+        "Home", "Start"))
+    [again] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (again.outcome, len(walks)) == ("unchanged", 1)
+    assert service.heads.get(doc.id)["region"]["key"] == key
+
+
 def test_a_document_without_good_text_needs_no_load_and_a_stale_one_still_reloads(
         service: ClauseWatch, store_settings: StoreSettings, tmp_path: Path) -> None:
     doc = Document.register(slug="new/doc", platform="P", title="T", url="https://x.test/")

@@ -93,6 +93,17 @@ SCHEMA = (
 )
 VIEW_TABLES = ("cw_documents", "cw_clauses", "cw_changes", "cw_captures",
                "cw_clause_categories", "cw_category_changes")
+
+
+def schema(dialect: str) -> tuple[str, ...]:
+    """SCHEMA as this database creates it. On SQLite a capture's or change's sequence number
+    is the table's rowid (only INTEGER PRIMARY KEY is: BIGINT made a second B-tree that
+    every insert also wrote); `rebuild` makes the tables of older installs anew so."""
+    if dialect != "sqlite":
+        return SCHEMA
+    return tuple(s.replace("seq BIGINT PRIMARY KEY", "seq INTEGER PRIMARY KEY") for s in SCHEMA)
+
+
 # Schema version 2 added the category columns to tables version 1 created (the new tables
 # are created above); old events carry no categories, so nothing needs replaying.
 MIGRATION_V2 = (
@@ -362,7 +373,7 @@ class Views:
         self._clauses_at = -1
         # During a rebuild: each document's last good capture so far (slug -> sha256).
         self._last_good: dict[str, str | None] | None = None
-        db.executescript(SCHEMA)
+        db.executescript(schema(db.dialect))
         db.execute("INSERT INTO cw_positions (name, position) VALUES (?, 0) "
                    "ON CONFLICT (name) DO NOTHING", (NAME,))
 
@@ -439,7 +450,13 @@ class Views:
                 self.db.query("PRAGMA secure_delete = OFF")
             with self._lock, self.db.transaction() as tx:
                 for table in VIEW_TABLES:
-                    tx.execute(f"DELETE FROM {table}")
+                    # SQLite: made anew (faster than deleting every row, and an older
+                    # install's tables take today's shape); in one transaction, so a reader
+                    # sees the old rows or the empty tables, never no table.
+                    tx.execute(f"DROP TABLE {table}" if sqlite else f"DELETE FROM {table}")
+                if sqlite:
+                    for statement in schema(self.db.dialect):
+                        tx.execute(statement)
                 tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
             if sqlite:
                 self.db.executescript([f"DROP INDEX IF EXISTS {name}"
@@ -457,7 +474,7 @@ class Views:
                 gc.enable()
             self._clauses, self._clauses_at, self._last_good = None, -1, None
             if sqlite:
-                self.db.executescript(SCHEMA)  # the deferred indexes
+                self.db.executescript(schema(self.db.dialect))  # the deferred indexes
                 for statement in restore:
                     self.db.query(statement)
                 self.db.query("PRAGMA wal_checkpoint(TRUNCATE)")

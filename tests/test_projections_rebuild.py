@@ -287,6 +287,34 @@ def test_a_sqlite_rebuild_writes_without_the_indexes_no_handler_reads_then_makes
     assert rows(service) == expected
 
 
+def test_a_sqlite_rebuild_gives_older_tables_rowid_sequence_numbers(
+        sqlite_service: ClauseWatch, tmp_path: Path) -> None:
+    service = sqlite_service
+    db = service.store.db
+
+    def table_sql(name: str) -> str:
+        return str(db.scalar("SELECT sql FROM sqlite_master WHERE name = ?", (name,)))
+
+    # An install from before: sequence numbers as BIGINT, a B-tree of their own.
+    assert "seq INTEGER PRIMARY KEY" in table_sql("cw_captures")
+    with db.transaction() as tx:
+        for table in ("cw_captures", "cw_changes"):
+            tx.execute(f"DROP TABLE {table}")
+        for statement in projections.SCHEMA:
+            tx.execute(statement)
+    assert "seq BIGINT PRIMARY KEY" in table_sql("cw_captures")
+    history(service, tmp_path)
+    expected = rows(service)
+    assert db.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE "
+                     "'sqlite_autoindex_cw_captures%'") == 1
+    assert service.views.rebuild() == service.store.max_notification_id()
+    assert rows(service) == expected
+    for table in ("cw_captures", "cw_changes"):
+        assert "seq INTEGER PRIMARY KEY" in table_sql(table)
+    assert db.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE "
+                     "'sqlite_autoindex_cw_captures%'") == 0
+
+
 @pytest.mark.parametrize("value", [
     None, [], {}, [{"id": "ai-model-training", "confidence": 0.82, "rules": ["r1", "r2"]}],
     {"b": 1, "a": [1.5, 2, "x"]}, ["données personnelles", "ü", "\u2028", "🙂"],

@@ -1,8 +1,8 @@
 """Reading SQLite's event table directly, for the views: in this process, or in a child
 process that also inflates the stored state, one batch ahead, while a rebuild writes.
 
-Only the standard library (and ISA-L's zlib, where installed) is imported here: the child
-process imports this module and nothing else of clausewatch.
+Only the standard library (and ISA-L's zlib and orjson, where installed) is imported here:
+the child process imports this module and daemon/view_rows.py, nothing else of clausewatch.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import sqlite3
 import threading
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
+
+from daemon.view_rows import capture_row
 
 
 def zlib_module() -> Any:
@@ -110,6 +113,18 @@ class SQLiteEventReader:
                 self._conn = None
 
 
+@dataclass(frozen=True, slots=True)
+class CaptureRows:
+    """What the child needs to make the cw_captures rows of plain captures itself (see
+    InflatingReader): the two event topics, the capture class's version, and the views'
+    database, for the evidence retention dropped (cw_evidence_dropped)."""
+
+    registered_topic: str
+    captured_topic: str
+    class_version: int
+    views_path: Path
+
+
 class InflatingReader:
     """Reads stored events and inflates their state in a child process, one batch ahead.
 
@@ -119,12 +134,18 @@ class InflatingReader:
     returns the rows (state None), their inflated states (None where inflating failed), how
     many times each names the JSON transcoder's `"_type_"` (the caller's check for nested
     encoded objects, a scan of every byte) and the size of what was stored, compressed.
+
+    Given `rows` (CaptureRows), the child also makes the cw_captures row of each capture
+    that carries no clause list, no object but its two times, and the current class
+    version (almost every event of a long log): `take` then gives that row instead of the
+    state, and the views only write it. Anything else comes as its state, as before.
     """
 
     def __init__(self, path: Path, table: str, compressed: bool) -> None:
         self.path = path
         self.table = table
         self.compressed = compressed
+        self.rows: CaptureRows | None = None
         self._uuids = _Uuids()
         self._conn: Any = None
         self._process: Any = None
@@ -139,7 +160,7 @@ class InflatingReader:
         _widen(self._conn.fileno())
         self._process = context.Process(
             target=_serve, args=(requests, replies, str(self.path), self.table,
-                                 self.compressed),
+                                 self.compressed, self.rows),
             name="clausewatch-event-reader", daemon=True)
         self._process.start()
         requests.close()
@@ -168,17 +189,19 @@ class InflatingReader:
                 raise self._died() from None
             self._pending = (start, size)
 
-    def take(self, start: int,
-             size: int) -> tuple[list[StoredRow], list[bytes | None], list[int], int]:
+    def take(self, start: int, size: int) -> tuple[list[StoredRow], list[bytes | None],
+                                                  list[int], int, list[Any] | None]:
+        """The rows, their inflated states, marker counts, stored size, and the capture
+        rows made in the child (None, or None for an event it left to the views)."""
         if self._pending != (start, size):
             if self._pending is not None:
                 self._receive()  # asked for something else: drop it
             self._pending = None
             self.start(start, size)
         self._pending = None
-        rowids, originators, versions, topics, datas, marks, stored = self._receive()
+        rowids, originators, versions, topics, datas, marks, stored, made = self._receive()
         rows = self._uuids.rows(rowids, originators, versions, topics, [None] * len(rowids))
-        return rows, datas, marks, stored
+        return rows, datas, marks, stored, made
 
     def _receive(self) -> tuple[Any, ...]:
         try:
@@ -206,16 +229,18 @@ def _widen(fd: int) -> None:
         pass
 
 
-def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool) -> None:
+def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool,
+           capture_rows: CaptureRows | None = None) -> None:
     """The child process: answer (start, size) with that batch, inflated, until None."""
     try:
         db = _connect(Path(path))
         select = _select(table)
         inflate = zlib_module()
+        maker = _CaptureRowMaker(capture_rows) if capture_rows is not None else None
         while (request := requests.recv()) is not None:
             rows = db.execute(select, request).fetchall()
             if not rows:
-                conn.send(([], [], [], [], [], [], 0))
+                conn.send(([], [], [], [], [], [], 0, None))
                 continue
             rowids, originators, versions, topics, states = (list(c) for c in zip(*rows))
             stored = 0
@@ -230,7 +255,9 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool) ->
                         state = None  # the caller decodes it the usual way, and says why
                 datas.append(state)
                 marks.append(state.count(b'"_type_"') if state is not None else 0)
-            conn.send((rowids, originators, versions, topics, datas, marks, stored))
+            made = maker.make(rowids, originators, versions, topics, datas, marks) \
+                if maker is not None else None
+            conn.send((rowids, originators, versions, topics, datas, marks, stored, made))
     except (EOFError, BrokenPipeError):
         return
     except Exception as exc:  # reported to the parent, which raises it
@@ -238,3 +265,93 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool) ->
             conn.send(f"{type(exc).__name__}: {exc}")
         except OSError:
             pass
+
+
+class _CaptureRowMaker:
+    """In the child: cw_captures rows of plain captures (see InflatingReader)."""
+
+    DROPPED_IN_MEMORY = 5_000  # as the views' _Batch.dropped_at
+
+    def __init__(self, spec: CaptureRows) -> None:
+        try:
+            import orjson
+
+            self.loads: Any = orjson.loads
+        except ImportError:
+            import json
+
+            self.loads = json.loads
+        self.spec = spec
+        self.slugs: dict[str, str] = {}  # originator id as stored -> slug
+        self.uuids: dict[str, str] = {}  # originator id as stored -> as the views write it
+        self.views = _connect(spec.views_path)
+        rows = self.views.execute("SELECT sha256, dropped_at FROM cw_evidence_dropped LIMIT ?",
+                                  (self.DROPPED_IN_MEMORY + 1,)).fetchall()
+        self.dropped_complete = len(rows) <= self.DROPPED_IN_MEMORY
+        self.dropped: dict[str, str | None] = dict(rows) if self.dropped_complete else {}
+
+    def make(self, rowids: list[int], originators: list[str], versions: list[int],
+             topics: list[str], datas: list[bytes | None], marks: list[int]) -> list[Any]:
+        """A row for each plain capture (its state then dropped from `datas`), else None."""
+        spec = self.spec
+        made: list[Any] = []
+        for index, topic in enumerate(topics):
+            row = None
+            data = datas[index]
+            if data is not None:
+                if topic == spec.captured_topic and marks[index] == 2:
+                    row = self._capture(rowids[index], originators[index], versions[index],
+                                        data)
+                elif topic == spec.registered_topic:
+                    self._registered(originators[index], data)
+            if row is not None:
+                datas[index] = None
+            made.append(row)
+        return made
+
+    def _registered(self, originator: str, data: bytes) -> None:
+        try:
+            state = self.loads(data)
+        except ValueError:
+            return
+        if type(state) is dict and type(state.get("slug")) is str:
+            self.slugs[originator] = state["slug"]
+
+    def _capture(self, seq: int, originator: str, version: int,
+                 data: bytes) -> tuple[Any, ...] | None:
+        slug = self.slugs.get(originator)
+        if slug is None:
+            return None
+        try:
+            e = self.loads(data)
+        except ValueError:
+            return None
+        # The two objects the text names must be its two times: nothing else is encoded.
+        if (type(e) is not dict or e.get("class_version", 1) != self.spec.class_version
+                or e.get("clauses", 0) is not None or not _is_time(e.get("timestamp"))
+                or not _is_time(e.get("captured_at"))):
+            return None
+        e["captured_at"] = e["captured_at"]["_data_"]
+        uuid = self.uuids.get(originator)
+        if uuid is None:
+            uuid = self.uuids[originator] = str(UUID(originator))
+        try:
+            return capture_row(seq, f"{uuid}:{version}", slug, e,
+                               self._dropped_at(e["sha256"]))
+        except (KeyError, TypeError, ValueError):
+            return None  # not shaped as a capture: the views say what is wrong
+
+    def _dropped_at(self, sha256: Any) -> str | None:
+        if type(sha256) is not str:
+            return None
+        if self.dropped_complete or sha256 in self.dropped:
+            return self.dropped.get(sha256)
+        row = self.views.execute("SELECT dropped_at FROM cw_evidence_dropped WHERE sha256 = ?",
+                                 (sha256,)).fetchone()
+        found = self.dropped[sha256] = row[0] if row else None
+        return found
+
+
+def _is_time(value: Any) -> bool:
+    return (type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso"
+            and type(value.get("_data_")) is str)

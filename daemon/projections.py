@@ -11,7 +11,7 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,9 +20,10 @@ from eventsourcing.utils import resolve_topic
 
 from daemon.sql import Database, Transaction
 from daemon.transcoder import FastJSONTranscoder
+from daemon.view_rows import capture_row, iso
 
 if TYPE_CHECKING:
-    from daemon.event_reader import InflatingReader
+    from daemon.event_reader import CaptureRows, InflatingReader
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS cw_positions (
@@ -179,24 +180,6 @@ _DROPPED_IN_MEMORY = 5_000
 _SECTIONS_CACHED = 20_000
 
 
-def iso(moment: datetime | str | None) -> str | None:
-    """ISO 8601 in UTC with a Z, seconds precision: sortable as text on both databases.
-
-    A str is a datetime's isoformat(), as the event store keeps datetimes.
-    """
-    if moment is None:
-        return None
-    if isinstance(moment, str):
-        # "2024-01-01T00:20:00+00:00", or with microseconds: UTC already, cut at the second.
-        if (len(moment) in (25, 32) and moment.endswith("+00:00") and moment[10] == "T"
-                and "1" <= moment[0] <= "9"):
-            return moment[:19] + "Z"
-        moment = datetime.fromisoformat(moment)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class _DocDelta:
     """The effect on one cw_documents row of consecutive captures and failures, so that a
     batch writes each document once: the same columns as one UPDATE per event would leave."""
@@ -304,10 +287,10 @@ class _Direct:
     def start(self, start: int, size: int) -> None:
         pass
 
-    def take(self, start: int,
-             size: int) -> tuple[Sequence[Any], Sequence[bytes | None] | None, None, int]:
+    def take(self, start: int, size: int
+             ) -> tuple[Sequence[Any], Sequence[bytes | None] | None, None, int, None]:
         notifications = self.read(start, size)
-        return notifications, None, None, sum(len(n.state) for n in notifications)
+        return notifications, None, None, sum(len(n.state) for n in notifications), None
 
 
 class _ReadAhead(_Direct):
@@ -331,8 +314,8 @@ class _ReadAhead(_Direct):
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="views-read-ahead")
         self.pending = (start, size, self.pool.submit(self._read, start, size))
 
-    def take(self, start: int,
-             size: int) -> tuple[Sequence[Any], Sequence[bytes | None] | None, None, int]:
+    def take(self, start: int, size: int
+             ) -> tuple[Sequence[Any], Sequence[bytes | None] | None, None, int, None]:
         """The events from `start` on: read ahead if that was where it read from."""
         pending, self.pending = self.pending, None
         if pending is not None:
@@ -341,12 +324,12 @@ class _ReadAhead(_Direct):
             pending[2].cancel()
         return super().take(start, size)
 
-    def _read(self, start: int,
-              size: int) -> tuple[Sequence[Any], list[bytes | None] | None, None, int]:
+    def _read(self, start: int, size: int
+              ) -> tuple[Sequence[Any], list[bytes | None] | None, None, int, None]:
         notifications = self.read(start, size)
         stored = self.stored
         datas = [stored.data(n) for n in notifications] if stored is not None else None
-        return notifications, datas, None, sum(len(n.state) for n in notifications)
+        return notifications, datas, None, sum(len(n.state) for n in notifications), None
 
 
 class Views:
@@ -398,7 +381,7 @@ class Views:
         size = min(limit, FIRST_READ)
         while True:
             position = self.position()
-            notifications, datas, marks, stored = ahead.take(position + 1, size)
+            notifications, datas, marks, stored, made = ahead.take(position + 1, size)
             if not notifications:
                 return done
             full = len(notifications) == size
@@ -426,7 +409,9 @@ class Views:
                         datas = datas[len(notifications) - len(fresh):]
                     if marks is not None:
                         marks = marks[len(notifications) - len(fresh):]
-                    self._apply_batch(tx, fresh, datas, marks, fresh=kept_at == current)
+                    if made is not None:
+                        made = made[len(notifications) - len(fresh):]
+                    self._apply_batch(tx, fresh, datas, marks, made, fresh=kept_at == current)
                     _save_position(tx, NAME, fresh[-1].id)
             done += len(fresh)
             if fresh:
@@ -464,6 +449,8 @@ class Views:
             self._clauses, self._clauses_at, self._last_good = {}, 0, {}
             reader = (self.inflating() if self.inflating is not None
                       and self._stored is not None else None)
+            if reader is not None and sqlite:
+                reader.rows = self._capture_rows()
             # The replay makes millions of short-lived dicts and tuples and no reference
             # cycles: the cyclic collector's passes over them were ~9 % of a rebuild's time.
             gc.disable()
@@ -479,18 +466,30 @@ class Views:
                     self.db.query(statement)
                 self.db.query("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def _capture_rows(self) -> CaptureRows:
+        """For the rebuild's reader: how to make plain captures' rows in its process."""
+        from eventsourcing.utils import get_topic
+
+        from daemon.event_reader import CaptureRows
+        from domain.document import Document
+
+        return CaptureRows(registered_topic=get_topic(Document.DocumentRegistered),
+                           captured_topic=get_topic(Document.DocumentCaptured),
+                           class_version=Document.DocumentCaptured.class_version,
+                           views_path=Path(self.db.url[len("sqlite:///"):]))
+
     # Event handlers --------------------------------------------------------------------
 
     def _apply_batch(self, tx: Transaction, notifications: Sequence[Any],
-                     datas: Sequence[bytes | None] | None, marks: Sequence[int] | None, *,
-                     fresh: bool) -> None:
+                     datas: Sequence[bytes | None] | None, marks: Sequence[int] | None,
+                     made: Sequence[Any] | None = None, *, fresh: bool) -> None:
         kept = self._clauses
         if kept is not None and not fresh:
             # Another consumer wrote since, or the last commit failed: it may be stale.
             kept.clear()
             self._last_good = None  # so may this be: read the captures instead
         batch = _Batch(tx, kept)
-        self._apply_events(batch, notifications, datas, marks)
+        self._apply_events(batch, notifications, datas, marks, made)
         if kept is not None:
             # Bounded: the documents read last are let go first.
             count = sum(map(len, kept.values()))
@@ -499,10 +498,15 @@ class Views:
 
     def _apply_events(self, batch: _Batch, notifications: Sequence[Any],
                       datas: Sequence[bytes | None] | None,
-                      marks: Sequence[int] | None = None) -> None:
+                      marks: Sequence[int] | None = None,
+                      made: Sequence[Any] | None = None) -> None:
         stored = self._stored
         topics = self._topics
         for index, notification in enumerate(notifications):
+            if made is not None and made[index] is not None:
+                # A plain capture whose row the rebuild's reader made (see CaptureRows).
+                self._on_capture_row(batch, made[index])
+                continue
             if stored is not None:
                 # Straight from the stored state to the fields, as Store.decode would give
                 # them; topics no handler reads are not decoded at all.
@@ -593,21 +597,20 @@ class Views:
 
     def _on_DocumentCaptured(self, batch: _Batch, seq: int, e: State) -> None:
         slug = self._slug(batch, e)
-        at = iso(e["captured_at"])
-        outcome = e["outcome"]
-        good = outcome != "suspect"
         if e["clauses"] is not None:
             # Before the document and capture rows move on: a removed clause was last seen
             # at the previous good capture.
-            self._replace_clauses(batch, slug, e, at)
-        sha256 = e["sha256"]
+            self._replace_clauses(batch, slug, e, iso(e["captured_at"]))
+        self._on_capture_row(batch, capture_row(seq, self._event_id(e), slug, e,
+                                                batch.dropped_at(e["sha256"])))
+
+    def _on_capture_row(self, batch: _Batch, row: tuple[Any, ...]) -> None:
+        """A capture, as its cw_captures row (see capture_row): the row, the document's delta."""
+        slug, at, outcome, sha256 = row[2], row[3], row[4], row[6]
+        good = outcome != "suspect"
         if self._last_good is not None and outcome in _GOOD_OUTCOMES:
             self._last_good[slug] = sha256
-        dropped = batch.dropped_at(sha256)
-        batch.captures.append(
-            (seq, self._event_id(e), slug, at, outcome, e["http_status"], sha256, e["size"],
-             e["text_sha256"], e["final_url"], e["content_type"], e["reason"], e["changes"],
-             1 if dropped is not None and at is not None and dropped > at else 0))
+        batch.captures.append(row)
         delta = batch.docs.get(slug)
         if delta is None:
             delta = batch.docs[slug] = _DocDelta()
@@ -620,11 +623,11 @@ class Views:
             delta.updated = at
         delta.captured = at
         delta.captures += 1
-        delta.changes += e["changes"]
+        delta.changes += row[12]
         delta.reset = True
         delta.consecutive = 0
         delta.status = "ok" if good else "suspect"
-        delta.error = None if good else e["reason"]
+        delta.error = None if good else row[11]
         delta.sha_set = True
         delta.sha = sha256
 

@@ -341,8 +341,9 @@ def test_the_inflating_reader_gives_what_the_store_holds(sqlite_service: ClauseW
         reader.start(1, 7)
         for start, size in ((1, 7), (8, 3), (11, last), (5, 2), (last + 1, 10)):
             # (5, 2) was not asked for ahead: what was read ahead is dropped.
-            rows, datas, marks, stored = reader.take(start, size)
+            rows, datas, marks, stored, made = reader.take(start, size)
             expected = store.read_stored(start, size)
+            assert made is None  # not asked to make capture rows
             assert [r[:4] for r in rows] == [r[:4] for r in expected]
             assert all(r.state is None for r in rows)
             assert datas == [zlib.decompress(r.state) for r in expected]
@@ -350,6 +351,40 @@ def test_the_inflating_reader_gives_what_the_store_holds(sqlite_service: ClauseW
             assert stored == sum(len(r.state) for r in expected)
             if rows:
                 reader.start(rows[-1].id + 1, 3)
+
+
+def test_the_child_makes_the_rows_of_plain_captures_as_the_views_do(
+        sqlite_service: ClauseWatch, tmp_path: Path) -> None:
+    service = sqlite_service
+    history(service, tmp_path)
+    store = service.store
+    expected = {row["seq"]: tuple(row.values()) for row in
+                store.db.query("SELECT * FROM cw_captures")}
+    reader = store.inflating_reader()
+    assert reader is not None
+    reader.rows = service.views._capture_rows()
+    with reader:
+        events, datas, marks, _, made = reader.take(1, store.max_notification_id())
+    assert made is not None and len(made) == len(events)
+    kinds: dict[str, int] = {}
+    for event, data, row in zip(events, datas, made):
+        if row is not None:
+            assert data is None  # the state is not sent as well
+            assert row == expected[event.id]
+            kinds["made"] = kinds.get("made", 0) + 1
+        else:
+            assert data is not None
+            event_type = event.topic.rsplit(".", 1)[-1]
+            if event_type == "DocumentCaptured":
+                assert json.loads(data)["clauses"] is not None  # a clause list: the views'
+            kinds[event_type] = kinds.get(event_type, 0) + 1
+    # Unchanged, suspect and evidence-dropped captures are made in the child; baselines and
+    # changes (clause lists), failures, registrations and clause changes are left as they were.
+    assert kinds["made"] > kinds["DocumentCaptured"] > 0
+    assert {"CaptureFailed", "ClauseChanged", "DocumentRegistered"} <= set(kinds)
+    made_rows = [row for row in made if row is not None]
+    assert {row[4] for row in made_rows} >= {"unchanged", "suspect"}
+    assert any(row[13] for row in made_rows)  # bytes dropped by retention
 
 
 def test_the_inflating_reader_says_why_it_cannot_read(tmp_path: Path) -> None:

@@ -644,8 +644,7 @@ class Views:
         clauses = e["clauses"]
         sha256 = e["sha256"]
         present = self._present(batch, slug)
-        new_ids = [c["id"] for c in clauses]
-        gone = sorted(set(present) - set(new_ids))
+        gone = sorted(present.keys() - {c["id"] for c in clauses})
         # Category rows follow the clauses whose categories changed, appeared or went.
         relabel = list(gone)
         labels: list[tuple[str, list[dict[str, Any]]]] = []

@@ -202,14 +202,20 @@ async def test_snapshots_are_still_taken_every_50_events(
         k: v for k, v in kept.items() if k != "region"}
 
 
-async def test_new_markup_around_the_same_region_is_not_walked(
-        service: ClauseWatch, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the extraction's walks of a page (one item each)."""
     import domain.extract
 
-    walks: list[int] = []
+    counted: list[int] = []
     original = domain.extract._Walker.walk
     monkeypatch.setattr(domain.extract._Walker, "walk",
-                        lambda self, root: walks.append(1) or original(self, root))
+                        lambda self, root: counted.append(1) or original(self, root))
+    return counted
+
+
+async def test_new_markup_around_the_same_region_is_not_walked(
+        service: ClauseWatch, page_server: PageServer, walks: list[int]) -> None:
     doc = _doc(page_server)
     page_server.set("/privacy", page(CLAUSES, noise="1").decode())
     await check_all(service, LOOPBACK_FETCH, [doc])
@@ -227,13 +233,7 @@ async def test_new_markup_around_the_same_region_is_not_walked(
 
 
 async def test_attributes_inside_the_region_are_not_walked_and_the_new_key_is_kept(
-        service: ClauseWatch, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    import domain.extract
-
-    walks: list[int] = []
-    original = domain.extract._Walker.walk
-    monkeypatch.setattr(domain.extract._Walker, "walk",
-                        lambda self, root: walks.append(1) or original(self, root))
+        service: ClauseWatch, page_server: PageServer, walks: list[int]) -> None:
     doc = _doc(page_server)
     body = page(CLAUSES).decode()
     page_server.set("/privacy", body)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from daemon.view_rows import capture_row
+from daemon.view_rows import Drops, capture_row
 
 
 def zlib_module() -> Any:
@@ -270,8 +270,6 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool,
 class _CaptureRowMaker:
     """In the child: cw_captures rows of plain captures (see InflatingReader)."""
 
-    DROPPED_IN_MEMORY = 5_000  # as the views' _Batch.dropped_at
-
     def __init__(self, spec: CaptureRows) -> None:
         try:
             import orjson
@@ -284,11 +282,8 @@ class _CaptureRowMaker:
         self.spec = spec
         self.slugs: dict[str, str] = {}  # originator id as stored -> slug
         self.uuids: dict[str, str] = {}  # originator id as stored -> as the views write it
-        self.views = _connect(spec.views_path)
-        rows = self.views.execute("SELECT sha256, dropped_at FROM cw_evidence_dropped LIMIT ?",
-                                  (self.DROPPED_IN_MEMORY + 1,)).fetchall()
-        self.dropped_complete = len(rows) <= self.DROPPED_IN_MEMORY
-        self.dropped: dict[str, str | None] = dict(rows) if self.dropped_complete else {}
+        views = _connect(spec.views_path)
+        self.drops = Drops(lambda sql, params: views.execute(sql, params).fetchall())
 
     def make(self, rowids: list[int], originators: list[str], versions: list[int],
              topics: list[str], datas: list[bytes | None], marks: list[int]) -> list[Any]:
@@ -337,19 +332,9 @@ class _CaptureRowMaker:
             uuid = self.uuids[originator] = str(UUID(originator))
         try:
             return capture_row(seq, f"{uuid}:{version}", slug, e,
-                               self._dropped_at(e["sha256"]))
+                               self.drops.at(e["sha256"]))
         except (KeyError, TypeError, ValueError):
             return None  # not shaped as a capture: the views say what is wrong
-
-    def _dropped_at(self, sha256: Any) -> str | None:
-        if type(sha256) is not str:
-            return None
-        if self.dropped_complete or sha256 in self.dropped:
-            return self.dropped.get(sha256)
-        row = self.views.execute("SELECT dropped_at FROM cw_evidence_dropped WHERE sha256 = ?",
-                                 (sha256,)).fetchone()
-        found = self.dropped[sha256] = row[0] if row else None
-        return found
 
 
 def _is_time(value: Any) -> bool:

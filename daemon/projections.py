@@ -20,7 +20,7 @@ from eventsourcing.utils import resolve_topic
 
 from daemon.sql import Database, Transaction
 from daemon.transcoder import FastJSONTranscoder
-from daemon.view_rows import capture_row, iso
+from daemon.view_rows import Drops, capture_row, iso
 
 if TYPE_CHECKING:
     from daemon.event_reader import CaptureRows, InflatingReader
@@ -175,8 +175,6 @@ REBUILD_DEFERRED_INDEXES = ("cw_captures_sha", "cw_captures_document", "cw_chang
                             "cw_changes_time", "cw_clause_categories_category",
                             "cw_category_changes_clause")
 _GOOD_OUTCOMES = ("baseline", "changed", "unchanged")
-# Evidence drops are looked up one hash at a time above this many (see _Batch.dropped_at).
-_DROPPED_IN_MEMORY = 5_000
 _SECTIONS_CACHED = 20_000
 
 
@@ -223,24 +221,7 @@ class _Batch:
         # kept from the last batch, see Views._clauses): id -> (position, section, text,
         # kind, categories), as in cw_clauses.
         self.present: dict[str, dict[str, tuple[Any, ...]]] = {} if present is None else present
-        self._dropped: dict[str, str | None] | None = None
-        self._dropped_complete = False
-
-    def dropped_at(self, sha256: str | None) -> str | None:
-        """When the bytes of this hash were dropped, if they were (cw_evidence_dropped)."""
-        if sha256 is None:
-            return None
-        if self._dropped is None:
-            rows = self.tx.rows("SELECT sha256, dropped_at FROM cw_evidence_dropped LIMIT ?",
-                                (_DROPPED_IN_MEMORY + 1,))
-            self._dropped_complete = len(rows) <= _DROPPED_IN_MEMORY
-            self._dropped = {row[0]: row[1] for row in rows} if self._dropped_complete else {}
-        if self._dropped_complete or sha256 in self._dropped:
-            return self._dropped.get(sha256)
-        rows = self.tx.rows("SELECT dropped_at FROM cw_evidence_dropped WHERE sha256 = ?",
-                            (sha256,))
-        found = self._dropped[sha256] = rows[0][0] if rows else None
-        return found
+        self.drops = Drops(tx.rows)
 
     def flush_writes(self) -> None:
         """Send the held-back inserts (captures, changes) and change counts."""
@@ -602,7 +583,7 @@ class Views:
             # at the previous good capture.
             self._replace_clauses(batch, slug, e, iso(e["captured_at"]))
         self._on_capture_row(batch, capture_row(seq, self._event_id(e), slug, e,
-                                                batch.dropped_at(e["sha256"])))
+                                                batch.drops.at(e["sha256"])))
 
     def _on_capture_row(self, batch: _Batch, row: tuple[Any, ...]) -> None:
         """A capture, as its cw_captures row (see capture_row): the row, the document's delta."""

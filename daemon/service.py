@@ -261,12 +261,9 @@ class ClauseWatch:
         with self._lock(doc.id):
             aggregate, capture, append_seconds = self._record(doc.id, decide)
             region = extracted[0] if extracted else None
-            if isinstance(region, Extraction) and region.region and capture.outcome != "suspect":
-                # The text this page gave is now the last good text: remember its region.
-                self._remember(doc.id, aggregate, region=region.region)
-            elif isinstance(region, SameRegion) and capture.outcome != "suspect":
-                # The same text from markup that differs only where the walk does not read:
-                # this page's key is the one the next page will most likely match.
+            if region is not None and region.region and capture.outcome != "suspect":
+                # The text this page gave is now the last good text: remember its region
+                # (for a SameRegion, its own key: the next page most likely matches it).
                 self._remember(doc.id, aggregate, region=region.region)
             else:
                 self._remember(doc.id, aggregate)

@@ -7,6 +7,7 @@ views, which then only write them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,3 +38,33 @@ def capture_row(seq: int, event_id: str, slug: str, e: dict[str, Any],
     return (seq, event_id, slug, at, e["outcome"], e["http_status"], e["sha256"], e["size"],
             e["text_sha256"], e["final_url"], e["content_type"], e["reason"], e["changes"],
             1 if dropped_at is not None and at is not None and dropped_at > at else 0)
+
+
+class Drops:
+    """When retention dropped the bytes of a hash (cw_evidence_dropped), if it did: the whole
+    table read at the first question when it is small, else each hash looked up once.
+
+    `rows(sql, params)` runs a query on the views' database and returns its rows.
+    """
+
+    IN_MEMORY = 5_000
+
+    def __init__(self, rows: Callable[[str, tuple[Any, ...]], Sequence[Sequence[Any]]]) -> None:
+        self.rows = rows
+        self.known: dict[str, str | None] | None = None
+        self.complete = False
+
+    def at(self, sha256: Any) -> str | None:
+        if type(sha256) is not str:
+            return None
+        if self.known is None:
+            rows = self.rows("SELECT sha256, dropped_at FROM cw_evidence_dropped LIMIT ?",
+                             (self.IN_MEMORY + 1,))
+            self.complete = len(rows) <= self.IN_MEMORY
+            self.known = {row[0]: row[1] for row in rows} if self.complete else {}
+        if self.complete or sha256 in self.known:
+            return self.known.get(sha256)
+        rows = self.rows("SELECT dropped_at FROM cw_evidence_dropped WHERE sha256 = ?",
+                         (sha256,))
+        found = self.known[sha256] = rows[0][0] if rows else None
+        return found

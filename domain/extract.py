@@ -185,9 +185,10 @@ def extract_html(html: str, *, select: Selector | None = None,
     # lxml's parse): most new bytes of a policy page end here.
     fast = _LexborRegion.of(html if _utf8 is None else _utf8, select, remove)
     if fast is not None and unless_region is not None:
-        if fast.strict == unless_region.partition(".")[0]:
+        strict, _, loose = unless_region.partition(".")
+        if fast.strict == strict:
             return SameRegion(unless_region)
-        if fast.same_as(unless_region):  # the same but for attributes the walk does not read
+        if loose and fast.loose == loose:  # the same but for attributes the walk does not read
             return SameRegion(fast.key)
     try:
         root = _parse_html(html)
@@ -280,10 +281,11 @@ def _plain_css(selector: Selector | None) -> tuple[str, ...] | None:
     if selector is None:
         return ()
     parts = [selector] if isinstance(selector, str) else selector
-    if not isinstance(parts, Sequence) or not all(isinstance(part, str) for part in parts):
+    if not isinstance(parts, Sequence):
         return None  # a range, or a declaration lxml's side says is wrong
+    # A range or anything but plain CSS among the parts: not plain.
     plain = tuple(part for part in parts if isinstance(part, str) and _plain_css_part(part))
-    return plain if len(plain) == len(parts) and plain else None
+    return plain if plain and len(plain) == len(parts) else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -308,16 +310,16 @@ class _LexborRegion:
     differs, so a page whose region changed only in such attributes is not walked either.
     """
 
-    __slots__ = ("_ancestors", "_dropped", "_head", "_keep", "_loose", "_parts", "nodes",
+    __slots__ = ("_ancestors", "_dropped", "_head", "_loose", "_parts", "_selectors", "nodes",
                  "strict")
 
     def __init__(self, strict: str, nodes: list[Any], parts: list[str],
                  ancestors: list[list[tuple[Any, ...]]], dropped: bytes, head: bytes,
-                 keep: frozenset[str]) -> None:
+                 selectors: tuple[str, ...]) -> None:
         self.strict = strict
         self.nodes = nodes  # each holds the tree
         self._parts, self._ancestors, self._dropped = parts, ancestors, dropped
-        self._head, self._keep = head, keep
+        self._head, self._selectors = head, selectors
         self._loose: str | None = None
 
     @classmethod
@@ -365,8 +367,8 @@ class _LexborRegion:
             where = repr((sorted(paths), sorted(_lexbor_path(node) for node in dropped))).encode()
             digest.update(b"\0\0")
             digest.update(where)
-        keep = _LOOSE_KEPT | _named_attributes(selecting + removing)
-        return cls(digest.hexdigest(), nodes, parts, ancestors, where, head, keep)
+        return cls(digest.hexdigest(), nodes, parts, ancestors, where, head,
+                   selecting + removing)
 
     @property
     def loose(self) -> str:
@@ -381,14 +383,9 @@ class _LexborRegion:
         """The region key as stored: strict and loose, joined by a dot."""
         return f"{self.strict}.{self.loose}"
 
-    def same_as(self, key: str) -> bool:
-        """Whether a stored key says this region reads as the one it came from."""
-        strict, _, loose = key.partition(".")
-        return strict == self.strict or bool(loose) and loose == self.loose
-
     def _compute_loose(self) -> str:
         digest = hashlib.sha256(b"loose\0" + self._head)
-        keep = self._keep
+        keep = _LOOSE_KEPT | _named_attributes(self._selectors)
         for markup, chain in zip(self._parts, self._ancestors):
             if _RAW_TEXT_WALKED.search(markup):
                 return ""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import tomli
 
 from config.errors import ConfigError
 
@@ -251,10 +252,10 @@ def load_settings(path: str | Path, *, environ: Mapping[str, str] | None = None)
     except OSError as exc:
         raise ConfigError(file, "", f"cannot read the config file: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomli.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(file, "", "the file is not UTF-8 text", "save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
+    except tomli.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"invalid TOML: {exc}", "fix the syntax at that line") \
             from None
     return parse_settings(data, path=path, environ=environ or {})

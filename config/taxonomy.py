@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, NoReturn, cast
+
+import tomli
 
 from config.errors import ConfigError
 from domain.classify import SEVERITIES, Category, Rule, Severity, Taxonomy, term_regex
@@ -34,8 +35,8 @@ def load_taxonomy(path: Path | None = None) -> Taxonomy:
             "check the path, or pass None to use the packaged taxonomy",
         ) from None
     try:
-        document = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        document = tomli.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomli.TOMLDecodeError) as error:
         raise TaxonomyError(
             str(path), "", f"not valid TOML: {error}", "fix the syntax at the line and column shown"
         ) from None

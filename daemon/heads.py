@@ -10,9 +10,10 @@ the next one (a `check` run, a restart), written in batches.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
+
+import orjson
 
 from daemon.sql import Database
 
@@ -67,7 +68,7 @@ class Heads:
             dirty = [(document_id, self._heads[document_id])
                      for document_id in sorted(self._dirty) if document_id in self._heads]
             self._dirty.clear()
-        rows = [(document_id, head["version"], json.dumps(head, separators=(",", ":")))
+        rows = [(document_id, head["version"], orjson.dumps(head).decode())
                 for document_id, head in dirty]
         if rows:
             with self.db.transaction() as tx:
@@ -83,5 +84,5 @@ class Heads:
         # One query for all: a pass over every document reads them all anyway.
         for row in self.db.query("SELECT document, head FROM cw_heads"):
             if row["document"] not in self._heads:
-                self._heads[row["document"]] = json.loads(row["head"])
+                self._heads[row["document"]] = orjson.loads(row["head"])
         self._loaded = True

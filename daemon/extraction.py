@@ -19,9 +19,18 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from domain.extract import Extraction, SameRegion, extract
+from domain.blocks import Extraction, SameRegion
 
 T = TypeVar("T")
+
+
+def extract(body: bytes, content_type: str = "text/html", **kwargs: Any
+            ) -> Extraction | SameRegion:
+    """domain.extract.extract, imported at the first page to read: a process whose pages are
+    read by the workers (or whose pages did not change) never loads the HTML parsers."""
+    from domain.extract import extract as extract_page
+
+    return extract_page(body, content_type, **kwargs)
 
 log = logging.getLogger("clausewatch.extraction")
 
@@ -38,12 +47,15 @@ class ExtractionPool:
         self._lock = threading.Lock()
         self._breaks = 0
         self.given_up = False
-        self._pool: ProcessPoolExecutor | None = self._new_pool()
+        self._closed = False
+        # Started at the first page to read: a run whose pages did not change starts no
+        # process (not even multiprocessing's resource tracker, which the pool's queues need).
+        self._pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # forkserver: workers start from a small clean process, not a fork of a threaded one.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["domain.extract", "domain.clauses"])
+        context.set_forkserver_preload(["domain.extract", "domain.clauses", "daemon.extraction"])
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=context)
 
     def __call__(self, body: bytes, content_type: str = "text/html", **kwargs: Any
@@ -52,7 +64,7 @@ class ExtractionPool:
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn(*args, **kwargs) in a worker (fn, its arguments and result must pickle)."""
-        pool = self._pool
+        pool = self._pool or self._start()
         if pool is None:
             return fn(*args, **kwargs)
         try:
@@ -62,6 +74,12 @@ class ExtractionPool:
             return fn(*args, **kwargs)
         self._breaks = 0
         return result
+
+    def _start(self) -> ProcessPoolExecutor | None:
+        with self._lock:
+            if self._pool is None and not (self.given_up or self._closed):
+                self._pool = self._new_pool()
+            return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -82,7 +100,7 @@ class ExtractionPool:
         """Stop the workers: those still busy after `timeout` seconds are terminated, so a
         page that hangs the parser cannot hang the daemon's stop."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is None:
             return
         # The executor keeps its worker processes in a private dict: read it, or stop gently.

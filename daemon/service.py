@@ -18,7 +18,7 @@ from eventsourcing.persistence import IntegrityError
 from config.settings import DetectionSettings, DocumentSettings
 from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
-from daemon.extraction import ExtractionPool
+from daemon.extraction import ExtractionPool, extract
 from daemon.group_commit import GroupCommit
 from daemon.heads import Heads
 from daemon.store import Store
@@ -33,7 +33,7 @@ from domain.document import (
     document_uuid,
 )
 from domain.errors import DomainError
-from domain.extract import Extraction, SameRegion, extract
+from domain.blocks import Extraction, SameRegion
 from domain.suspect import SuspectPolicy
 
 log = logging.getLogger("clausewatch.service")

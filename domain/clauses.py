@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
+from domain.blocks import Block
 from domain.diff import similarity, text_diff
-from domain.extract import Block
 
 ADDED, REMOVED, MODIFIED, MOVED = "added", "removed", "modified", "moved"
 CHANGE_KINDS = (ADDED, REMOVED, MODIFIED, MOVED)

@@ -11,8 +11,8 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from domain.blocks import Extraction
 from domain.clauses import ADDED, REMOVED, Alignment, Clause, align, clause_id
-from domain.extract import Extraction
 from domain.normalize import sha256_hex
 from domain.suspect import SuspectPolicy, assess
 
@@ -280,7 +280,7 @@ class Document(Aggregate, created_event_name="DocumentRegistered"):  # type: ign
 
         The caller vouches for it: the watched region of the page is the markup of the
         capture the last good text was extracted from, but for attributes the extraction
-        never reads (domain.extract.SameRegion). The
+        never reads (domain.blocks.SameRegion). The
         event is the one extracting would have recorded: unchanged, the same text hash.
         """
         if self.text_sha256 is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from domain.extract import Extraction
+from domain.blocks import Extraction
 
 # Phrases of error and bot-wall pages. They only count on short pages: a real policy may
 # well say "access denied" somewhere in its thousands of words.

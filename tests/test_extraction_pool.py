@@ -150,3 +150,34 @@ def test_workers_align_real_versions_as_the_thread_does(pool: ExtractionPool) ->
     here = align(clauses, new.blocks, new_id=new_id, threshold=0.5)
     there = pool.run(align, clauses, new.blocks, new_id=new_id, threshold=0.5)
     assert there == here and here.edits
+
+
+def test_nothing_is_started_or_loaded_for_pages_not_read() -> None:
+    """A run whose pages are all 304s (or the same bytes) reads none: the pool starts no
+    process, not even multiprocessing's resource tracker, and the process that records never
+    imports the HTML parsers (the workers do, when the first page comes)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import multiprocessing.resource_tracker as tracker
+import daemon.check, daemon.service
+from daemon.extraction import ExtractionPool
+pool = ExtractionPool(2)
+pool.close()
+parsers = ("domain.extract", "lxml.etree", "selectolax.lexbor")
+print([m for m in parsers if m in sys.modules], tracker._resource_tracker._pid)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.split() == ["[]", "None"], done.stderr
+    # And a pool that is used starts then: the same page read in a worker as in the thread.
+    pool = ExtractionPool(1)
+    try:
+        page = b"<html><body><main><p>We keep your data.</p></main></body></html>"
+        assert pool(page, select="main") == extract(page, select="main")
+        assert pool._pool is not None and pool._pool._processes
+    finally:
+        pool.close()
+    assert pool(page, select="main") == extract(page, select="main")  # closed: in the thread

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from eventsourcing.application import Application
+from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.compressor import ZlibCompressor
+from eventsourcing.domain import BaseAggregate, DomainEvent
 from eventsourcing.persistence import ApplicationRecorder, Transcoder
 
 from config.settings import StoreSettings
@@ -33,6 +34,28 @@ class FastZlibCompressor(ZlibCompressor):
 
     def decompress(self, data: bytes) -> bytes:
         return _zlib.decompress(data)
+
+
+class _Collected(ProcessingEvent[Any]):
+    """The library's ProcessingEvent, without its runtime protocol checks for our own objects.
+
+    `collect_events` asks isinstance(obj, DomainEventProtocol) and then CollectEventsProtocol
+    of each object saved: against a typing.Protocol that is ~30 µs a check in Python 3.11,
+    more than the rest of recording a 304. Aggregates and events of the library's own classes
+    (all of ours) are told apart by class; anything else goes through the library's checks.
+    """
+
+    def collect_events(self, *objs: Any, **kwargs: Any) -> None:
+        others = []
+        for obj in objs:
+            if isinstance(obj, BaseAggregate):
+                self.events.extend(obj.collect_events())
+                self.aggregates[obj.id] = obj
+            elif isinstance(obj, DomainEvent):
+                self.events.append(obj)
+            elif obj is not None:
+                others.append(obj)
+        super().collect_events(*others, **kwargs)
 
 
 class StoreError(Exception):
@@ -60,7 +83,13 @@ class ClauseWatchApp(Application[Any]):
         aggregate in hand already is that state.
         """
         due = self._snapshots_due(objs)
-        recordings = super().save(*objs, **kwargs)
+        # Application.save (eventsourcing 9.5), with the collecting above.
+        processing_event = _Collected()
+        processing_event.collect_events(*objs, **kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)
         self._snapshot(due)
         return recordings
 

@@ -23,6 +23,8 @@ from domain.blocks import Extraction, SameRegion
 
 T = TypeVar("T")
 
+log = logging.getLogger("clausewatch.extraction")
+
 
 def extract(body: bytes, content_type: str = "text/html", **kwargs: Any
             ) -> Extraction | SameRegion:
@@ -31,8 +33,6 @@ def extract(body: bytes, content_type: str = "text/html", **kwargs: Any
     from domain.extract import extract as extract_page
 
     return extract_page(body, content_type, **kwargs)
-
-log = logging.getLogger("clausewatch.extraction")
 
 
 class ExtractionPool:

@@ -19,9 +19,14 @@ from domain.errors import DomainError
 
 if TYPE_CHECKING:
     from daemon.metrics import Metrics  # prometheus_client: only where metrics are kept
+    from daemon.views_process import ViewsProcess
 
 log = logging.getLogger("clausewatch.poll")
 T = TypeVar("T")
+# Captures whose event carries the clause list.
+_WITH_CLAUSES = frozenset({"baseline", "changed"})
+# How long the end of a pass waits for the views process's last catch-up before doing it here.
+VIEWS_FINISH_SECONDS = 600.0
 
 
 async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
@@ -98,8 +103,15 @@ def client_session(settings: FetchSettings) -> aiohttp.ClientSession:
 
 
 async def check_all(service: ClauseWatch, settings: FetchSettings,
-                    documents: Sequence[DocumentSettings]) -> list[CheckOutcome]:
-    """Capture every document once, concurrently within the fetch limits."""
+                    documents: Sequence[DocumentSettings], *,
+                    views: ViewsProcess | None = None) -> list[CheckOutcome]:
+    """Capture every document once, concurrently within the fetch limits.
+
+    With `views`, the views are projected by that process while the pass records, from the
+    first capture that brought a clause list (the costly kind to project: a pass of 304s or
+    of new markup around the same text is over before a process has started); otherwise by
+    this one after the last poll.
+    """
     await asyncio.to_thread(service.sync_documents, documents)
     # Fetching outpaces extraction: without a bound on whole polls, every fetched page would
     # wait in memory for a thread (10,000 pages of 300 kB is 3 GB).
@@ -107,7 +119,10 @@ async def check_all(service: ClauseWatch, settings: FetchSettings,
 
     async def bounded(doc: DocumentSettings) -> CheckOutcome:
         async with in_flight:
-            return await poll(service, fetcher, doc, executor=pool)
+            outcome = await poll(service, fetcher, doc, executor=pool)
+        if views is not None and outcome.outcome in _WITH_CLAUSES and not views.started:
+            views.start()
+        return outcome
 
     # One catch-up of the views at the end, not one per capture.
     per_capture, service.catch_up_after_save = service.catch_up_after_save, False
@@ -122,5 +137,9 @@ async def check_all(service: ClauseWatch, settings: FetchSettings,
         pool.shutdown(wait=False)
         service.catch_up_after_save = per_capture
         await asyncio.to_thread(service.flush_heads)
+        if views is not None:
+            await asyncio.to_thread(views.finish, VIEWS_FINISH_SECONDS)
+        # Whatever the views process did not project (none of it if it failed), and a
+        # check that everything was: one read of an empty tail when it did.
         await asyncio.to_thread(service.views.catch_up)
     return outcomes

@@ -18,6 +18,7 @@ from config.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from daemon.service import ClauseWatch
+    from daemon.views_process import ViewsProcess
 
 # The store, the service and aiohttp are imported by the commands that use them, not here:
 # extraction worker processes import this module (it is the console script's __main__) and
@@ -158,6 +159,18 @@ def _service(settings: Settings) -> Iterator[ClauseWatch]:
         service.close()
 
 
+@contextmanager
+def _views_process(settings: Settings, documents: int) -> Iterator[ViewsProcess | None]:
+    """For a pass over many documents, the views projected in a process of their own."""
+    from daemon import views_process
+
+    if not views_process.wanted(settings.store, documents):
+        yield None
+        return
+    with views_process.ViewsProcess(settings.store, settings.data_dir) as views:
+        yield views
+
+
 def _print_json(rows: Any) -> None:
     # One write: json.dump would write each token on its own (thousands of small writes).
     # orjson: json.dumps with an indent runs in Python (0.1 s for `check` of 1,000 pages).
@@ -182,8 +195,8 @@ def _check(args: argparse.Namespace) -> int:
                               f"no document with id {sorted(unknown)[0]!r}",
                               "use an id from [[documents]]")
         documents = tuple(d for d in documents if d.id in wanted)
-    with _service(settings) as service:
-        outcomes = loop.run(check_all(service, settings.fetch, documents))
+    with _service(settings) as service, _views_process(settings, len(documents)) as views:
+        outcomes = loop.run(check_all(service, settings.fetch, documents, views=views))
     if args.json:
         _print_json([{"document": o.document_id, "outcome": o.outcome, "changes": o.changes,
                       "kinds": list(o.kinds), "reason": o.reason, "sha256": o.sha256}

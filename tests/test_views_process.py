@@ -1,0 +1,172 @@
+"""A `check` pass's views projected by a process of their own: the same rows as projecting them
+in the pass's process, started only when a capture brings a clause list, and a child that dies
+costs no row."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import LOOPBACK_FETCH, PageServer
+from test_service import CLAUSES, page
+
+from config.settings import DocumentSettings, StoreSettings
+from daemon.check import check_all
+from daemon.projections import VIEW_TABLES
+from daemon.service import ClauseWatch
+from daemon.store import open_store
+from daemon.views_process import ViewsProcess, wanted
+
+DOCS = 6
+
+
+class RecordingViewsProcess(ViewsProcess):
+    """The real process, counting the times a pass asked it to start."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        super().start()
+
+
+def rows(service: ClauseWatch) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every view and the views' position, in a stable order."""
+    return {table: sorted((tuple(r.values()) for r in service.store.db.query(
+                f"SELECT * FROM {table}")), key=repr)
+            for table in (*VIEW_TABLES, "cw_positions")}
+
+
+def documents(page_server: PageServer) -> list[DocumentSettings]:
+    return [DocumentSettings(id=f"example/doc-{n}", platform="Example", title=f"Doc {n}",
+                             url=page_server.url(f"/doc-{n}"), select="main", robots=False)
+            for n in range(DOCS)]
+
+
+def serve(page_server: PageServer, clauses: list[str], noise: str) -> None:
+    for n in range(DOCS):
+        page_server.set(f"/doc-{n}", page([f"{c} (copy {n})" for c in clauses], noise))
+
+
+async def test_a_pass_projected_by_the_views_process_gives_the_rows_of_a_rebuild(
+        store_settings: StoreSettings, tmp_path: Path, page_server: PageServer) -> None:
+    docs = documents(page_server)
+    store = open_store(store_settings, tmp_path / "data")
+    service = ClauseWatch(store)
+    try:
+        passes = [(CLAUSES, "1"), (CLAUSES, "1"), (CLAUSES, "2"),  # baseline, 304, markup
+                  ([*CLAUSES[:2], "We sell nothing.", CLAUSES[3]], "3"), (CLAUSES[1:], "4")]
+        edits = 0
+        for clauses, noise in passes:
+            serve(page_server, clauses, noise)
+            views = RecordingViewsProcess(store_settings, tmp_path / "data", poll_seconds=0.02)
+            with views:
+                outcomes = await check_all(service, LOOPBACK_FETCH, docs, views=views)
+            kinds = {o.outcome for o in outcomes}
+            edits += sum(o.changes for o in outcomes)
+            # Started at the first capture with a clause list, and only then.
+            assert views.starts == (1 if kinds & {"baseline", "changed"} else 0), kinds
+        assert {o.outcome for o in outcomes} == {"changed"}
+        projected = rows(service)
+        assert edits >= DOCS * 2 and len(projected["cw_changes"]) == edits
+        service.views.rebuild()
+        assert rows(service) == projected
+    finally:
+        service.close()
+
+
+async def test_the_views_process_projects_what_the_pass_appended(
+        tmp_path: Path, page_server: PageServer) -> None:
+    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    docs = documents(page_server)
+    store = open_store(settings, tmp_path / "data")
+    service = ClauseWatch(store)
+    service.catch_up_after_save = False
+    try:
+        service.sync_documents(docs)
+        serve(page_server, CLAUSES, "1")
+        for doc in docs:
+            service.record_fetch(doc, await _fetch(doc))
+        # Its next look would be in a minute: what comes after its first catch-up is
+        # projected by the last one, which `finish` asks for.
+        views = ViewsProcess(settings, tmp_path / "data", poll_seconds=60)
+        with views:
+            views.start()
+            await _until(lambda: service.views.position() == store.max_notification_id())
+            serve(page_server, CLAUSES[:3], "2")
+            for doc in docs:
+                service.record_fetch(doc, await _fetch(doc))
+            assert service.views.position() < store.max_notification_id()
+            assert views.finish(timeout=60)
+        # Everything, by the child: this process projected none of it.
+        assert service.views.position() == store.max_notification_id()
+        assert len(rows(service)["cw_changes"]) == DOCS
+    finally:
+        service.close()
+
+
+async def test_a_views_process_that_dies_costs_no_view_row(
+        tmp_path: Path, page_server: PageServer) -> None:
+    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    docs = documents(page_server)
+    store = open_store(settings, tmp_path / "data")
+    service = ClauseWatch(store)
+    try:
+        serve(page_server, CLAUSES, "1")
+        views = ViewsProcess(settings, tmp_path / "data")
+        with views:
+            views.start()
+            os.kill(views._process.pid, signal.SIGKILL)
+            views._process.join(10)
+            outcomes = await check_all(service, LOOPBACK_FETCH, docs, views=views)
+        assert {o.outcome for o in outcomes} == {"baseline"}
+        assert service.views.position() == store.max_notification_id()
+        projected = rows(service)
+        assert len(projected["cw_clauses"]) == DOCS * (len(CLAUSES) + 1)  # and the heading
+        service.views.rebuild()
+        assert rows(service) == projected
+    finally:
+        service.close()
+
+
+def test_a_views_process_that_cannot_open_the_store_says_so_and_gives_way(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A directory where the events file should be: the child fails at once.
+    (tmp_path / "events.db").mkdir()
+    views = ViewsProcess(StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}"),
+                         tmp_path / "data")
+    views.start()
+    assert views.finish(timeout=60) is False
+    assert "views process exited with code 1" in caplog.text
+
+
+def test_only_a_pass_over_many_documents_on_a_shared_store_gets_one(tmp_path: Path) -> None:
+    sqlite = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    assert wanted(sqlite, 1000) and not wanted(sqlite, 3)
+    assert wanted(StoreSettings(url="postgresql://127.0.0.1/test"), 1000)
+    memory = StoreSettings(url="memory:")
+    assert not wanted(memory, 1000)
+    with pytest.raises(ValueError, match="cannot be read from another process"):
+        ViewsProcess(memory, tmp_path)
+
+
+async def _fetch(doc: DocumentSettings) -> Any:
+    from daemon.check import client_session
+    from daemon.fetcher import Fetcher
+
+    async with client_session(LOOPBACK_FETCH) as session:
+        return await Fetcher(session, LOOPBACK_FETCH).fetch(doc.url, robots=False)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)

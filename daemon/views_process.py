@@ -44,9 +44,7 @@ class ViewsProcess:
         self.store = store
         self.data_dir = data_dir
         self.poll_seconds = poll_seconds
-        # spawn: a clean interpreter, not a fork of a process with threads and open databases.
-        self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
+        self._stop: Any = None
         self._process: Any = None
 
     def __enter__(self) -> Self:
@@ -65,7 +63,12 @@ class ViewsProcess:
         imports in the background)."""
         if self._process is not None:
             return
-        self._process = self._context.Process(
+        # spawn: a clean interpreter, not a fork of a process with threads and open databases.
+        # The event is made here, not before: it starts multiprocessing's resource tracker (a
+        # process of its own), which a pass that never starts the child should not pay for.
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._process = context.Process(
             target=_follow, args=(self.store, self.data_dir, self._stop, self.poll_seconds),
             name="clausewatch-views", daemon=True)
         self._process.start()

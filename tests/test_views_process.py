@@ -170,3 +170,23 @@ async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+def test_a_views_process_never_started_starts_nothing(tmp_path: Path) -> None:
+    """A pass of 304s never starts the child: making its ViewsProcess starts no process
+    either, not even multiprocessing's resource tracker (its stop event would)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import multiprocessing.resource_tracker as tracker
+from pathlib import Path
+from config.settings import StoreSettings
+from daemon.views_process import ViewsProcess
+with ViewsProcess(StoreSettings(url="sqlite:///{tmp_path / 'events.db'}"), Path(".")) as views:
+    assert views.finish(timeout=1) is False
+print(tracker._resource_tracker._pid)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.split() == ["None"], done.stderr

@@ -46,6 +46,7 @@ class ViewsProcess:
         self.poll_seconds = poll_seconds
         self._stop: Any = None
         self._process: Any = None
+        self._started = False
 
     def __enter__(self) -> Self:
         return self
@@ -55,23 +56,31 @@ class ViewsProcess:
 
     @property
     def started(self) -> bool:
-        """True once `start` ran (until `finish` or `close`)."""
-        return self._process is not None
+        """True once `start` ran, whether or not the child came up."""
+        return self._started
 
     def start(self) -> None:
-        """Start following the log, unless started already (returns at once; the child
-        imports in the background)."""
-        if self._process is not None:
+        """Start following the log, unless asked already (returns at once; the child
+        imports in the background). A child that cannot be started is logged, never raised:
+        the pass catches up itself at its end."""
+        if self._started:
             return
+        self._started = True
         # spawn: a clean interpreter, not a fork of a process with threads and open databases.
         # The event is made here, not before: it starts multiprocessing's resource tracker (a
         # process of its own), which a pass that never starts the child should not pay for.
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
-        self._process = context.Process(
+        process = context.Process(
             target=_follow, args=(self.store, self.data_dir, self._stop, self.poll_seconds),
             name="clausewatch-views", daemon=True)
-        self._process.start()
+        try:
+            process.start()
+        except OSError as exc:  # no process to spare (EAGAIN, ENOMEM, EMFILE): slower, not broken
+            log.warning("could not start the views process (%s: %s); this process catches "
+                        "up at the end of the pass", type(exc).__name__, exc)
+            return
+        self._process = process
 
     def finish(self, timeout: float) -> bool:
         """Ask the child to catch up to the end of the log and stop; True if it did within

@@ -136,6 +136,32 @@ async def test_a_views_process_that_dies_costs_no_view_row(
         service.close()
 
 
+async def test_a_views_process_that_cannot_start_costs_no_capture(
+        tmp_path: Path, page_server: PageServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import multiprocessing.context
+
+    def no_process(self: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    # No process to spare on this machine: spawning fails as fork(2) would with EAGAIN.
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", no_process)
+    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    docs = documents(page_server)
+    store = open_store(settings, tmp_path / "data")
+    service = ClauseWatch(store)
+    try:
+        serve(page_server, CLAUSES, "1")
+        with ViewsProcess(settings, tmp_path / "data") as views:
+            outcomes = await check_all(service, LOOPBACK_FETCH, docs, views=views)
+        assert [o.outcome for o in outcomes] == ["baseline"] * DOCS
+        assert views.started and "could not start the views process" in caplog.text
+        assert service.views.position() == store.max_notification_id()
+        assert len(rows(service)["cw_documents"]) == DOCS
+    finally:
+        service.close()
+
+
 def test_a_views_process_that_cannot_open_the_store_says_so_and_gives_way(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A directory where the events file should be: the child fails at once.

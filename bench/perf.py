@@ -376,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.docs = args.docs or [1000, 10_000]
     if not args.corpus.is_dir():
+        # A checkout elsewhere than beside shared/ (a clone in /tmp, say): the figures are
+        # then of the trimmed copy's fewer triples, not comparable with the reports.
+        log(f"no corpus at {args.corpus}: using the trimmed copy {pages.TRIMMED_CORPUS} "
+            "(fewer noise triples than the reports'); name the full one with --corpus DIR")
         args.corpus = pages.TRIMMED_CORPUS
     out = args.out or RESULTS / f"perf-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     report: dict[str, Any] = {"machine": machine(), "args": {

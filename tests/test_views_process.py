@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,27 @@ class RecordingViewsProcess(ViewsProcess):
     def start(self) -> None:
         self.starts += 1
         super().start()
+
+
+@dataclass
+class Setup:
+    """A service on a SQLite file, its settings and the documents it watches."""
+
+    settings: StoreSettings
+    data_dir: Path
+    service: ClauseWatch
+    docs: list[DocumentSettings]
+
+
+@pytest.fixture
+def on_sqlite(tmp_path: Path, page_server: PageServer) -> Iterator[Setup]:
+    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    service = ClauseWatch(open_store(settings, tmp_path / "data"))
+    try:
+        yield Setup(settings=settings, data_dir=tmp_path / "data", service=service,
+                    docs=documents(page_server))
+    finally:
+        service.close()
 
 
 def rows(service: ClauseWatch) -> dict[str, list[tuple[Any, ...]]]:
@@ -83,61 +105,47 @@ async def test_a_pass_projected_by_the_views_process_gives_the_rows_of_a_rebuild
 
 
 async def test_the_views_process_projects_what_the_pass_appended(
-        tmp_path: Path, page_server: PageServer) -> None:
-    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
-    docs = documents(page_server)
-    store = open_store(settings, tmp_path / "data")
-    service = ClauseWatch(store)
+        on_sqlite: Setup, page_server: PageServer) -> None:
+    service, store = on_sqlite.service, on_sqlite.service.store
     service.catch_up_after_save = False
-    try:
-        service.sync_documents(docs)
-        serve(page_server, CLAUSES, "1")
-        for doc in docs:
+    service.sync_documents(on_sqlite.docs)
+    serve(page_server, CLAUSES, "1")
+    for doc in on_sqlite.docs:
+        service.record_fetch(doc, await _fetch(doc))
+    # Its next look would be in a minute: what comes after its first catch-up is projected
+    # by the last one, which `finish` asks for.
+    with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir, poll_seconds=60) as views:
+        views.start()
+        await _until(lambda: service.views.position() == store.max_notification_id())
+        serve(page_server, CLAUSES[:3], "2")
+        for doc in on_sqlite.docs:
             service.record_fetch(doc, await _fetch(doc))
-        # Its next look would be in a minute: what comes after its first catch-up is
-        # projected by the last one, which `finish` asks for.
-        views = ViewsProcess(settings, tmp_path / "data", poll_seconds=60)
-        with views:
-            views.start()
-            await _until(lambda: service.views.position() == store.max_notification_id())
-            serve(page_server, CLAUSES[:3], "2")
-            for doc in docs:
-                service.record_fetch(doc, await _fetch(doc))
-            assert service.views.position() < store.max_notification_id()
-            assert views.finish(timeout=60)
-        # Everything, by the child: this process projected none of it.
-        assert service.views.position() == store.max_notification_id()
-        assert len(rows(service)["cw_changes"]) == DOCS
-    finally:
-        service.close()
+        assert service.views.position() < store.max_notification_id()
+        assert views.finish(timeout=60)
+    # Everything, by the child: this process projected none of it.
+    assert service.views.position() == store.max_notification_id()
+    assert len(rows(service)["cw_changes"]) == DOCS
 
 
 async def test_a_views_process_that_dies_costs_no_view_row(
-        tmp_path: Path, page_server: PageServer) -> None:
-    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
-    docs = documents(page_server)
-    store = open_store(settings, tmp_path / "data")
-    service = ClauseWatch(store)
-    try:
-        serve(page_server, CLAUSES, "1")
-        views = ViewsProcess(settings, tmp_path / "data")
-        with views:
-            views.start()
-            os.kill(views._process.pid, signal.SIGKILL)
-            views._process.join(10)
-            outcomes = await check_all(service, LOOPBACK_FETCH, docs, views=views)
-        assert {o.outcome for o in outcomes} == {"baseline"}
-        assert service.views.position() == store.max_notification_id()
-        projected = rows(service)
-        assert len(projected["cw_clauses"]) == DOCS * (len(CLAUSES) + 1)  # and the heading
-        service.views.rebuild()
-        assert rows(service) == projected
-    finally:
-        service.close()
+        on_sqlite: Setup, page_server: PageServer) -> None:
+    service = on_sqlite.service
+    serve(page_server, CLAUSES, "1")
+    with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir) as views:
+        views.start()
+        os.kill(views._process.pid, signal.SIGKILL)
+        views._process.join(10)
+        outcomes = await check_all(service, LOOPBACK_FETCH, on_sqlite.docs, views=views)
+    assert {o.outcome for o in outcomes} == {"baseline"}
+    assert service.views.position() == service.store.max_notification_id()
+    projected = rows(service)
+    assert len(projected["cw_clauses"]) == DOCS * (len(CLAUSES) + 1)  # and the heading
+    service.views.rebuild()
+    assert rows(service) == projected
 
 
 async def test_a_views_process_that_cannot_start_costs_no_capture(
-        tmp_path: Path, page_server: PageServer, monkeypatch: pytest.MonkeyPatch,
+        on_sqlite: Setup, page_server: PageServer, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     import multiprocessing.context
 
@@ -146,20 +154,14 @@ async def test_a_views_process_that_cannot_start_costs_no_capture(
 
     # No process to spare on this machine: spawning fails as fork(2) would with EAGAIN.
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", no_process)
-    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
-    docs = documents(page_server)
-    store = open_store(settings, tmp_path / "data")
-    service = ClauseWatch(store)
-    try:
-        serve(page_server, CLAUSES, "1")
-        with ViewsProcess(settings, tmp_path / "data") as views:
-            outcomes = await check_all(service, LOOPBACK_FETCH, docs, views=views)
-        assert [o.outcome for o in outcomes] == ["baseline"] * DOCS
-        assert views.started and "could not start the views process" in caplog.text
-        assert service.views.position() == store.max_notification_id()
-        assert len(rows(service)["cw_documents"]) == DOCS
-    finally:
-        service.close()
+    service = on_sqlite.service
+    serve(page_server, CLAUSES, "1")
+    with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir) as views:
+        outcomes = await check_all(service, LOOPBACK_FETCH, on_sqlite.docs, views=views)
+    assert [o.outcome for o in outcomes] == ["baseline"] * DOCS
+    assert views.started and "could not start the views process" in caplog.text
+    assert service.views.position() == service.store.max_notification_id()
+    assert len(rows(service)["cw_documents"]) == DOCS
 
 
 def test_a_views_process_that_cannot_open_the_store_says_so_and_gives_way(

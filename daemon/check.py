@@ -108,9 +108,9 @@ async def check_all(service: ClauseWatch, settings: FetchSettings,
     """Capture every document once, concurrently within the fetch limits.
 
     With `views`, the views are projected by that process while the pass records, from the
-    first capture that brought a clause list (the costly kind to project: a pass of 304s or
-    of new markup around the same text is over before a process has started); otherwise by
-    this one after the last poll.
+    first capture that brought a clause list (the costly kind to project: for a pass of 304s
+    or of new markup around the same text, starting a process costs more than the catch-up
+    it would take over); otherwise by this one after the last poll.
     """
     await asyncio.to_thread(service.sync_documents, documents)
     # Fetching outpaces extraction: without a bound on whole polls, every fetched page would

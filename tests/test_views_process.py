@@ -218,3 +218,60 @@ print(tracker._resource_tracker._pid)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)
     assert done.stdout.split() == ["None"], done.stderr
+
+
+def test_the_console_script_projects_a_large_check_in_its_views_process(
+        tmp_path: Path, page_server: PageServer) -> None:
+    """`clausewatch check` as installed, over enough documents to start the child: the child
+    comes up from the console script (spawn re-imports it), finishes without a warning, and
+    the views answer every change. (The check's own process gets one: see the next test.)"""
+    import json
+    import subprocess
+    import sys
+
+    from daemon.views_process import MIN_DOCUMENTS
+
+    count = MIN_DOCUMENTS
+    entries = "".join(f"""
+[[documents]]
+id = "example/doc-{n}"
+platform = "Example"
+title = "Doc {n}"
+url = "{page_server.url(f'/doc-{n}')}"
+select = "main"
+""" for n in range(count))
+    config = tmp_path / "clausewatch.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n\n[fetch]\nper_host_delay = 0\n'
+                      f"retries = 0\nrobots = false\n{entries}")
+    script = Path(sys.executable).parent / "clausewatch"
+
+    def clausewatch(*args: str) -> tuple[Any, str]:
+        done = subprocess.run([str(script), *args, "-c", str(config), "--json"],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), done.stderr
+
+    for clauses, noise in ((CLAUSES, "1"), (CLAUSES[1:], "2")):
+        for n in range(count):
+            page_server.set(f"/doc-{n}", page([f"{c} (copy {n})" for c in clauses], noise))
+        outcomes, said = clausewatch("check")
+        # check prints warnings only (no [log] set-up): a child that failed would say so.
+        assert "views process" not in said, said
+    assert [o["outcome"] for o in outcomes] == ["changed"] * count
+    changes, _ = clausewatch("changes")
+    assert len(changes) == count and {c["kind"] for c in changes} == {"removed"}
+    assert {d["changes"] for d in clausewatch("documents")[0]} == {1}
+
+
+def test_the_check_command_gets_a_views_process_for_many_documents(tmp_path: Path) -> None:
+    from config.settings import Settings
+    from daemon.cli import _views_process
+    from daemon.views_process import MIN_DOCUMENTS
+
+    sqlite = Settings(path=tmp_path / "clausewatch.toml", data_dir=tmp_path, documents=(),
+                      store=StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}"))
+    with _views_process(sqlite, MIN_DOCUMENTS) as views:
+        assert isinstance(views, ViewsProcess) and views.store == sqlite.store
+        assert views.data_dir == tmp_path and not views.started
+    with _views_process(sqlite, 1) as views:
+        assert views is None

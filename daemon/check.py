@@ -25,8 +25,6 @@ log = logging.getLogger("clausewatch.poll")
 T = TypeVar("T")
 # Captures whose event carries the clause list.
 _WITH_CLAUSES = frozenset({"baseline", "changed"})
-# How long the end of a pass waits for the views process's last catch-up before doing it here.
-VIEWS_FINISH_SECONDS = 600.0
 
 
 async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
@@ -138,7 +136,7 @@ async def check_all(service: ClauseWatch, settings: FetchSettings,
         service.catch_up_after_save = per_capture
         await asyncio.to_thread(service.flush_heads)
         if views is not None:
-            await asyncio.to_thread(views.finish, VIEWS_FINISH_SECONDS)
+            await asyncio.to_thread(views.finish)
         # Whatever the views process did not project (none of it if it failed), and a
         # check that everything was: one read of an empty tail when it did.
         await asyncio.to_thread(service.views.catch_up)

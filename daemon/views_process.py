@@ -27,11 +27,18 @@ log = logging.getLogger("clausewatch.views")
 POLL_SECONDS = 0.1
 # Below this many documents a pass is over before a child has started (~0.3 s of imports).
 MIN_DOCUMENTS = 50
+# How long `finish` waits for the child's last catch-up before the caller does it itself.
+FINISH_SECONDS = 600.0
 
 
 def wanted(store: StoreSettings, documents: int) -> bool:
     """True if a pass over `documents` documents on this store gains from a views process."""
-    return documents >= MIN_DOCUMENTS and (store.sqlite_path is not None or store.is_postgres)
+    return documents >= MIN_DOCUMENTS and _shared(store)
+
+
+def _shared(store: StoreSettings) -> bool:
+    # A file or a server another process can open; a memory: store lives in this one.
+    return store.sqlite_path is not None or store.is_postgres
 
 
 class ViewsProcess:
@@ -39,7 +46,7 @@ class ViewsProcess:
 
     def __init__(self, store: StoreSettings, data_dir: Path, *,
                  poll_seconds: float = POLL_SECONDS) -> None:
-        if store.sqlite_path is None and not store.is_postgres:
+        if not _shared(store):
             raise ValueError(f"the store {store.url!r} cannot be read from another process")
         self.store = store
         self.data_dir = data_dir
@@ -82,7 +89,7 @@ class ViewsProcess:
             return
         self._process = process
 
-    def finish(self, timeout: float) -> bool:
+    def finish(self, timeout: float = FINISH_SECONDS) -> bool:
         """Ask the child to catch up to the end of the log and stop; True if it did within
         `timeout` seconds (the caller catches up itself otherwise)."""
         process = self._process

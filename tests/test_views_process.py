@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from harness import LOOPBACK_FETCH, PageServer
+from test_projections_rebuild import rows
 from test_service import CLAUSES, page
 
 from config.settings import DocumentSettings, StoreSettings
 from daemon.check import check_all
-from daemon.projections import VIEW_TABLES
 from daemon.service import ClauseWatch
 from daemon.store import open_store
 from daemon.views_process import ViewsProcess, wanted
@@ -57,13 +57,6 @@ def on_sqlite(tmp_path: Path, page_server: PageServer) -> Iterator[Setup]:
                     docs=documents(page_server))
     finally:
         service.close()
-
-
-def rows(service: ClauseWatch) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every view and the views' position, in a stable order."""
-    return {table: sorted((tuple(r.values()) for r in service.store.db.query(
-                f"SELECT * FROM {table}")), key=repr)
-            for table in (*VIEW_TABLES, "cw_positions")}
 
 
 def documents(page_server: PageServer) -> list[DocumentSettings]:
@@ -185,21 +178,6 @@ def test_only_a_pass_over_many_documents_on_a_shared_store_gets_one(tmp_path: Pa
         ViewsProcess(memory, tmp_path)
 
 
-async def _fetch(doc: DocumentSettings) -> Any:
-    from daemon.check import client_session
-    from daemon.fetcher import Fetcher
-
-    async with client_session(LOOPBACK_FETCH) as session:
-        return await Fetcher(session, LOOPBACK_FETCH).fetch(doc.url, robots=False)
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def test_a_views_process_never_started_starts_nothing(tmp_path: Path) -> None:
     """A pass of 304s never starts the child: making its ViewsProcess starts no process
     either, not even multiprocessing's resource tracker (its stop event would)."""
@@ -275,3 +253,18 @@ def test_the_check_command_gets_a_views_process_for_many_documents(tmp_path: Pat
         assert views.data_dir == tmp_path and not views.started
     with _views_process(sqlite, 1) as views:
         assert views is None
+
+
+async def _fetch(doc: DocumentSettings) -> Any:
+    from daemon.check import client_session
+    from daemon.fetcher import Fetcher
+
+    async with client_session(LOOPBACK_FETCH) as session:
+        return await Fetcher(session, LOOPBACK_FETCH).fetch(doc.url, robots=False)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)

@@ -150,6 +150,10 @@ class ClauseWatchTool:
         pass
 
 
+# clausewatch's own packages.
+PACKAGES = ("config", "daemon", "domain", "notifiers")
+
+
 def compile_bytecode(python: Path) -> None:
     """Byte-compile clausewatch's own packages, as installing it does.
 
@@ -158,7 +162,7 @@ def compile_bytecode(python: Path) -> None:
     changedetection.io's came compiled by pip, as a real installation of ours would.
     """
     subprocess.run([str(python), "-m", "compileall", "-q",
-                    *(str(REPO / name) for name in ("config", "daemon", "domain", "notifiers"))],
+                    *(str(REPO / name) for name in PACKAGES)],
                    check=True, stdout=subprocess.DEVNULL)
 
 

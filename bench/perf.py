@@ -69,12 +69,12 @@ class PageServer:
     docs: int
     corpus: Path
     process: subprocess.Popen[str] | None = None
-    port: int = 0
+    port: int = 0  # 0: any free port; a fixed one keeps the documents' URLs across servers
 
     def __enter__(self) -> PageServer:
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "page_server.py"), "--docs", str(self.docs),
-             "--corpus", str(self.corpus)],
+             "--corpus", str(self.corpus), "--port", str(self.port)],
             stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()

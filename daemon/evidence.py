@@ -59,9 +59,14 @@ class EvidenceStore:
             raise EvidenceError(f"{sha256!r} is not a SHA-256 hex digest")
         return self.root / sha256[:2] / sha256[2:4] / f"{sha256}.gz"
 
-    def put(self, body: bytes) -> str:
-        """Store bytes (if not already stored) and return their SHA-256."""
-        sha256 = hashlib.sha256(body).hexdigest()
+    def put(self, body: bytes, *, sha256: str | None = None) -> str:
+        """Store bytes (if not already stored) and return their SHA-256.
+
+        `sha256`: the digest of `body`, when the caller has just computed it (it names the
+        file: a wrong one would store bytes under another page's name).
+        """
+        if sha256 is None:
+            sha256 = hashlib.sha256(body).hexdigest()
         target = self.path(sha256)
         if target.exists():
             return sha256

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from daemon.evidence import EvidenceStore
 from domain.blocks import Extraction, SameRegion
 
 T = TypeVar("T")
@@ -33,6 +34,18 @@ def extract(body: bytes, content_type: str = "text/html", **kwargs: Any
     from domain.extract import extract as extract_page
 
     return extract_page(body, content_type, **kwargs)
+
+
+def read_page(evidence: EvidenceStore, body: bytes, sha256: str,
+              content_type: str = "text/html", **kwargs: Any) -> Extraction | SameRegion:
+    """Store new bytes of a page as evidence, then extract them (`extract`'s arguments).
+
+    In a worker, the process that records hands over the bytes once for both: compressing
+    and writing them (~1 ms a page) leaves its CPU too. The bytes are on disk (fsync'd) when
+    this returns, before any event can cite them, and stay there if the page cannot be read.
+    """
+    evidence.put(body, sha256=sha256)
+    return extract(body, content_type, **kwargs)
 
 
 class ExtractionPool:

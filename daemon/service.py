@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from eventsourcing.persistence import IntegrityError
 from config.settings import DetectionSettings, DocumentSettings
 from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
-from daemon.extraction import ExtractionPool, extract
+from daemon.extraction import ExtractionPool, extract, read_page
 from daemon.group_commit import GroupCommit
 from daemon.heads import Heads
 from daemon.store import Store
@@ -144,6 +145,10 @@ class ClauseWatch:
         self.extraction_pool = (ExtractionPool(detection.extract_processes)
                                 if detection.extract_processes else None)
         self.extract: Callable[..., Extraction | SameRegion] = self.extraction_pool or extract
+        # New bytes are stored as evidence by whoever extracts them: one handover of the page.
+        self.read_page: Callable[..., Extraction | SameRegion] = (
+            functools.partial(self.extraction_pool.run, read_page) if self.extraction_pool
+            else read_page)
         # Aligning a changed text is the other CPU-bound step: in the same workers.
         self.align: Aligner = (functools.partial(self.extraction_pool.run, align)
                                if self.extraction_pool else align)
@@ -223,11 +228,11 @@ class ClauseWatch:
         """Store the evidence, extract, compare with the last good version and save the events."""
         facts: CaptureFacts | None = None
         if not result.not_modified:
-            sha256 = self.store.evidence.put(result.body)
             facts = CaptureFacts(
                 captured_at=result.fetched_at, requested_url=result.requested_url,
                 final_url=result.final_url, http_status=result.status,
-                content_type=result.content_type, sha256=sha256, size=len(result.body),
+                content_type=result.content_type,
+                sha256=hashlib.sha256(result.body).hexdigest(), size=len(result.body),
                 etag=result.etag, last_modified=result.last_modified,
                 redirects=result.redirects)
         extracted: list[Extraction | SameRegion] = []
@@ -239,17 +244,21 @@ class ClauseWatch:
                 return aggregate.record_not_modified(
                     captured_at=result.fetched_at, requested_url=result.requested_url,
                     final_url=result.final_url)
-            # Same bytes as last time: nothing to extract or compare.
+            # Same bytes as last time: nothing to extract or compare (the bytes are stored).
             if facts.sha256 == aggregate.last_sha256 and aggregate.last_outcome is not None:
+                self.store.evidence.put(result.body, sha256=facts.sha256)
                 return aggregate.record_capture(facts, None)
             # New bytes, but the region the last good text came from may be the same.
             known = self._region(doc.id, aggregate)
-            if not extracted or (isinstance(extracted[0], SameRegion)
-                                 and extracted[0].region != known):
-                extracted[:] = [self.extract(result.body,
-                                             doc.content_type or result.content_type,
-                                             select=doc.select, remove=doc.remove,
-                                             unless_region=known)]
+            content_type = doc.content_type or result.content_type
+            if not extracted:
+                # Stored as evidence where they are extracted: before the event cites them.
+                extracted.append(self.read_page(self.store.evidence, result.body,
+                                                facts.sha256, content_type, select=doc.select,
+                                                remove=doc.remove, unless_region=known))
+            elif isinstance(extracted[0], SameRegion) and extracted[0].region != known:
+                extracted[0] = self.extract(result.body, content_type, select=doc.select,
+                                            remove=doc.remove, unless_region=known)
             extraction = extracted[0]
             if isinstance(extraction, SameRegion):
                 return aggregate.record_same_text(facts)

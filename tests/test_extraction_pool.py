@@ -87,6 +87,51 @@ async def test_a_service_with_extraction_workers_records_the_same_captures(
         service.close()
 
 
+async def test_workers_store_the_bytes_they_read_before_the_event_cites_them(
+        tmp_path: Path, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New bytes are written as evidence by the worker that extracts them: the stored
+    capture verifies, its file was written by another process, and the bytes of a page the
+    worker cannot read are kept all the same."""
+    import hashlib
+
+    from test_service import CLAUSES, page
+
+    doc = DocumentSettings(id="example/privacy", platform="Example", title="Privacy",
+                           url=page_server.url("/privacy"), select="main", robots=False)
+    store = open_store(StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}"),
+                       tmp_path / "data")
+    service = ClauseWatch(store, detection=DetectionSettings(extract_processes=1))
+    written_by: list[int] = []
+    original = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        written_by.append(os.getpid())
+        original(src, dst)  # type: ignore[arg-type]
+
+    try:
+        body = page(CLAUSES, "1").encode()
+        page_server.set("/privacy", body)
+        [first] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert first.outcome == "baseline"
+        assert first.sha256 == hashlib.sha256(body).hexdigest()
+        assert service.store.evidence.get(first.sha256) == body
+        assert service.store.evidence.verify(first.sha256).status == "ok"
+        # Not this process: os.replace here would have been seen.
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "replace", replace)
+            page_server.set("/privacy", page(CLAUSES, "2"))
+            [second] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert second.outcome == "unchanged" and written_by == []
+        assert service.store.evidence.verify(second.sha256).status == "ok"
+        broken = b"\x89PNG\r\n\x1a\n not a policy"
+        page_server.set("/privacy", broken, content_type="image/png")
+        [third] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert third.outcome == "failed" and "image/png" in (third.reason or "")
+        assert service.store.evidence.get(hashlib.sha256(broken).hexdigest()) == broken
+    finally:
+        service.close()
+
+
 def test_workers_that_keep_dying_are_given_up_for_the_threads(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from concurrent.futures import Future

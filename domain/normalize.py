@@ -18,12 +18,29 @@ _QUOTES = {
 }
 _TABLE = {**_SPACES, **_INVISIBLE, **_QUOTES}
 _RUNS_OF_SPACE = re.compile(r" {2,}")
+# The table's characters beyond ASCII, as one character class, and what each becomes.
+_SPECIAL = re.compile("[" + "".join(re.escape(chr(c)) for c in _TABLE if c > 127) + "]")
+_REPLACEMENTS = {chr(c): to or "" for c, to in _TABLE.items()}
+# What str.split() and str.strip() take for whitespace but the table leaves alone.
+_OTHER_WHITESPACE = re.compile("[\x1c-\x1f\x85\u2028\u2029]")
 
 
 def normalize_text(text: str) -> str:
     """NFC, one kind of space, no invisible characters, straight quotes, single spaces."""
-    text = unicodedata.normalize("NFC", text).translate(_TABLE)
-    return _RUNS_OF_SPACE.sub(" ", text).strip()
+    if not text.isascii():  # NFC leaves ASCII as it is, and the table's rest is whitespace
+        text = unicodedata.normalize("NFC", text)
+        # A few characters to replace in a long text: translate would look up every one.
+        text = _SPECIAL.sub(_replacement, text)
+    if _OTHER_WHITESPACE.search(text) is not None:
+        # Kept inside the text: split() would cut there.
+        return _RUNS_OF_SPACE.sub(" ", text.translate(_TABLE)).strip()
+    # Every whitespace character left is one the table makes a space: the same as
+    # translating, squeezing runs of spaces and stripping, in one C pass (~2x faster).
+    return " ".join(text.split())
+
+
+def _replacement(match: re.Match[str]) -> str:
+    return _REPLACEMENTS[match.group()]
 
 
 def text_key(text: str) -> str:

@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+import random
+import re
 import unicodedata
 
 import pytest
 
-from domain.normalize import normalize_text, sha256_hex, text_key
+from domain.normalize import _TABLE, normalize_text, sha256_hex, text_key
+
+
+def reference(text: str) -> str:
+    """What normalize_text is defined as (its first, plain form): the stored text hashes of
+    every document depend on it, so a faster form must give the very same strings."""
+    text = unicodedata.normalize("NFC", text).translate(_TABLE)
+    return re.sub(r" {2,}", " ", text).strip()
+
+
+# Every code point Python takes for whitespace (str.split, str.strip), beside those the
+# table maps: where the two disagree the fast form must fall back to the plain one.
+WHITESPACE = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+
+
+@pytest.mark.parametrize("space", WHITESPACE, ids=lambda c: f"U+{ord(c):04X}")
+def test_each_whitespace_character_as_the_reference_treats_it(space: str) -> None:
+    for text in (f"a{space}b", f"{space}a", f"a{space}", f"a {space} b", space * 3,
+                 f"caf\u00e9{space}\u2019s", f"{space}\u00a0x\u200b{space}"):
+        assert normalize_text(text) == reference(text), repr(text)
+
+
+def test_random_mixes_of_the_characters_it_touches_match_the_reference() -> None:
+    alphabet = [*"ab .,'\"", "e\u0301", "\u00e9", *map(chr, _TABLE), *WHITESPACE,
+                "\u200e", "\u180e", "\u00e9\u0301"]
+    rnd = random.Random(20261205)
+    for _ in range(20_000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 16)))
+        assert normalize_text(text) == reference(text), repr(text)
+
+
+def test_separators_the_table_leaves_alone_stay_inside_the_text() -> None:
+    # U+2028 and the ASCII information separators are whitespace to str.split but not to
+    # the table: kept where they are, as the plain form keeps them.
+    assert normalize_text("a\u2028b  c") == "a\u2028b c"
+    assert normalize_text("x\x1fy") == "x\x1fy"
 
 
 def test_composes_to_nfc() -> None:

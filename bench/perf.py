@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contenders
 import pages
+import procstats
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -145,7 +146,9 @@ def run_passes(args: argparse.Namespace, docs: int, workdir: Path, report: dict[
             for tool in order:
                 if name == "baseline" and tool.name == "changedetection.io":
                     continue  # its baseline ran when the watches were created (setup)
-                log(f"N={docs}: {tool.name} {name} pass")
+                waited, busy = procstats.wait_quiet()
+                log(f"N={docs}: {tool.name} {name} pass (machine {busy:.0%} busy after "
+                    f"{waited:.1f} s of waiting for it to settle)")
                 result = tool.run_pass(name)
                 section["passes"].append(result.row() | {
                     "alerted_docs": list(result.alerts)})

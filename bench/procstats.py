@@ -55,6 +55,34 @@ def run_measured(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                         stderr=err.read().decode("utf-8", "replace"))
 
 
+def busy_share(seconds: float = 0.5) -> float:
+    """The share of the machine's CPU time (all cores) spent busy over the next `seconds`."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    total = total1 - total0
+    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def wait_quiet(*, below: float = 0.1, timeout: float = 20.0) -> tuple[float, float]:
+    """Wait until the machine is quiet (under `below` of its CPU busy over half a second),
+    at most `timeout` seconds: a tool's server still busy with its last pass (a datastore
+    written after the API said done) must not be measured as the next tool's cost.
+    Returns the seconds waited and the last busy share seen."""
+    started = time.monotonic()
+    while True:
+        busy = busy_share()
+        waited = time.monotonic() - started
+        if busy < below or waited >= timeout:
+            return waited, busy
+
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):

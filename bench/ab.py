@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -66,7 +65,7 @@ def outcomes(done: procstats.Finished) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", action="append", required=True, metavar="NAME=DIR",
-                        help="a checkout to measure (repeatable; at least two)")
+                        help="a checkout to measure (repeatable)")
     parser.add_argument("--phase", choices=[name for name, _ in PASSES], default="changed")
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--share", type=float, default=0.1)
@@ -85,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.corpus.is_dir():
         log(f"no corpus at {args.corpus}: using the trimmed copy {pages.TRIMMED_CORPUS}")
         args.corpus = pages.TRIMMED_CORPUS
-    for folder in checkouts.values():  # as an installation compiles them (see perf.py)
-        subprocess.run([str(args.python), "-m", "compileall", "-q",
-                        *(str(folder / name) for name in contenders.PACKAGES)],
-                       check=True, stdout=subprocess.DEVNULL)
+    for folder in checkouts.values():  # as an installation compiles them
+        contenders.compile_bytecode(args.python, folder)
     triples = pages.load_triples(args.corpus)
     work = Path(tempfile.mkdtemp(prefix="clausewatch-ab-"))
     try:

@@ -154,7 +154,7 @@ class ClauseWatchTool:
 PACKAGES = ("config", "daemon", "domain", "notifiers")
 
 
-def compile_bytecode(python: Path) -> None:
+def compile_bytecode(python: Path, root: Path = REPO) -> None:
     """Byte-compile clausewatch's own packages, as installing it does.
 
     The checkout is installed editable, and this environment may set PYTHONDONTWRITEBYTECODE:
@@ -162,7 +162,7 @@ def compile_bytecode(python: Path) -> None:
     changedetection.io's came compiled by pip, as a real installation of ours would.
     """
     subprocess.run([str(python), "-m", "compileall", "-q",
-                    *(str(REPO / name) for name in PACKAGES)],
+                    *(str(root / name) for name in PACKAGES)],
                    check=True, stdout=subprocess.DEVNULL)
 
 

@@ -42,10 +42,11 @@ class PassResult:
     docs: int
     wall: float
     cpu: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # all the tool's processes, added up
     alerts: tuple[int, ...]  # document numbers the tool reported as changed
     errors: int = 0
     note: str = ""
+    main_peak_rss_mb: float | None = None  # its first process alone, where it has several
 
     @property
     def docs_per_second(self) -> float:
@@ -55,6 +56,8 @@ class PassResult:
         return {"tool": self.tool, "phase": self.phase, "docs": self.docs,
                 "wall_s": round(self.wall, 3), "docs_per_s": round(self.docs_per_second, 1),
                 "cpu_s": round(self.cpu, 2), "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "main_peak_rss_mb": None if self.main_peak_rss_mb is None
+                else round(self.main_peak_rss_mb, 1),
                 "alerts": len(self.alerts), "errors": self.errors, "note": self.note}
 
 
@@ -144,6 +147,7 @@ class ClauseWatchTool:
         failed = sum(1 for o in outcomes if o["outcome"] == "failed")
         return PassResult(tool=self.name, phase=phase, docs=self.docs, wall=done.wall,
                           cpu=done.cpu, peak_rss_mb=done.peak_rss_mb,
+                          main_peak_rss_mb=done.main_peak_rss_mb,
                           alerts=_alerted_docs(changed), errors=failed)
 
     def close(self) -> None:
@@ -255,6 +259,7 @@ class UrlwatchTool:
         errors = re.findall(r"^\d+\. ERROR: (.+)$", done.stdout, re.MULTILINE)
         return PassResult(tool=self.name, phase=phase, docs=self.docs, wall=done.wall,
                           cpu=done.cpu, peak_rss_mb=done.peak_rss_mb,
+                          main_peak_rss_mb=done.main_peak_rss_mb,
                           alerts=_alerted_docs(changed), errors=len(errors))
 
     def close(self) -> None:

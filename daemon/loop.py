@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -30,16 +31,30 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return uvloop.run(main)  # type: ignore[no-any-return]
 
 
+_tuning = threading.Lock()
+_depth = 0  # loops running in this process (tests run passes in threads): the first tunes
+_saved = gc.get_threshold()  # the thresholds the first one found, put back by the last one
+
+
 @contextmanager
 def collector_tuned() -> Iterator[None]:
     """While inside: what exists now (modules, settings, documents' heads) is left out of
-    every collection (gc.freeze), and young collections are rarer. Put back on the way out."""
-    thresholds = gc.get_threshold()
-    gc.collect()  # freeze what is alive, not garbage that is waiting for a collection
-    gc.freeze()
-    gc.set_threshold(max(YOUNG_THRESHOLD, thresholds[0]), *thresholds[1:])
+    every collection (gc.freeze), and young collections are rarer. Put back on the way out
+    of the last loop running."""
+    global _depth, _saved
+    with _tuning:
+        _depth += 1
+        if _depth == 1:
+            thresholds = gc.get_threshold()
+            gc.collect()  # freeze what is alive, not garbage waiting for a collection
+            gc.freeze()
+            gc.set_threshold(max(YOUNG_THRESHOLD, thresholds[0]), *thresholds[1:])
+            _saved = thresholds
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        with _tuning:
+            _depth -= 1
+            if _depth == 0:
+                gc.set_threshold(*_saved)
+                gc.unfreeze()

@@ -53,3 +53,22 @@ def test_garbage_made_during_a_pass_is_still_collected() -> None:
     assert alive_at_end < 100_000
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, Node)]
+
+
+def test_passes_run_side_by_side_leave_the_collector_as_it_was() -> None:
+    import threading
+
+    before = gc.get_threshold()
+    inside = threading.Barrier(2)
+
+    async def main() -> None:
+        inside.wait(timeout=10)  # both loops are running here at once
+        assert gc.get_threshold()[0] >= loop.YOUNG_THRESHOLD
+
+    threads = [threading.Thread(target=loop.run, args=(main(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

@@ -53,8 +53,8 @@ def test_the_cpu_of_waited_children_is_still_counted_once() -> None:
               "subprocess.run([sys.executable, '-c', sys.argv[1], '0.4'], check=True)\n")
     done = procstats.run_measured([sys.executable, "-c", waited, BURN])
     assert done.returncode == 0, done.stderr
-    # Counted (>= 0.4), and not twice (the reaper's own start-up is taken out).
-    assert 0.4 <= done.cpu < 0.8 + 0.4, done
+    # Counted (>= 0.4), and not twice (>= 0.8): the two interpreters' start-up is the rest.
+    assert 0.4 <= done.cpu < 0.8, done
 
 
 def test_peak_memory_adds_up_every_process_of_the_command(tmp_path: Path) -> None:

@@ -34,12 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders
 import pages
 import procstats
-from perf import PageServer, log
+from perf import PHASES, PageServer, log
 
 REPO = Path(__file__).resolve().parents[1]
 # The passes perf.py runs, in its order, and the page server's phase for each.
-PASSES = (("baseline", "base"), ("unchanged", "base"), ("markup", "noise"),
-          ("changed", "changed"))
+PASSES = tuple((name, server_phase) for name, server_phase, _ in PHASES)
 # `check` as installed, but with one checkout's packages first on the path.
 _RUN = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
         "sys.argv[0] = 'clausewatch'; runpy.run_module('daemon.cli', run_name='__main__')")

@@ -169,3 +169,56 @@ def test_a_patch_for_other_text_does_not_apply() -> None:
     patch = text_diff("We keep data for 30 days.", "We keep data for 90 days.").patch
     with pytest.raises(ValueError, match="does not apply"):
         apply_patch("Something else entirely, nothing alike.", patch)
+
+
+def _pairs_counted_pair_by_pair(old: Sequence[Clause], new: Sequence[Block],
+                                threshold: float) -> dict[int, int]:
+    """_pair_by_similarity as it was before the word postings: every pair's overlap counted
+    (kept as the reference the faster count must agree with)."""
+    from collections import Counter
+
+    from domain.clauses import _CANDIDATES, _WORD, _gaps
+
+    old_gap, new_gap = _gaps(len(old), []), _gaps(len(new), [])
+    bags = [Counter(_WORD.findall(b.text.casefold())) for b in new]
+    scored = []
+    for i, clause in enumerate(old):
+        words = Counter(_WORD.findall(clause.text.casefold()))
+        overlaps = []
+        for j, other in enumerate(bags):
+            total = sum(words.values()) + sum(other.values())
+            shared = sum(min(n, other[w]) for w, n in words.items())
+            overlap = 2 * shared / total if total else 1.0
+            if overlap >= threshold * 0.8:
+                overlaps.append((overlap, -abs(old_gap[i] - new_gap[j]), -j, j))
+        for _, _, _, j in sorted(overlaps, reverse=True)[:_CANDIDATES]:
+            score = similarity(clause.text, new[j].text)
+            if score >= threshold:
+                bonus = 0.05 + (0.02 if clause.section == new[j].section else 0.0)
+                scored.append((score + bonus, i, j))
+    result: dict[int, int] = {}
+    for _, i, j in sorted(scored, key=lambda t: (-t[0], t[1], t[2])):
+        if j not in result and i not in result.values():
+            result[j] = i
+    return result
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.9])
+def test_candidates_counted_by_shared_words_are_those_of_every_pair(threshold: float) -> None:
+    # Empty texts, punctuation only, repeated and case-folded words: where counting through
+    # the words two blocks share could part from counting every pair.
+    import random
+
+    from domain.clauses import _pair_by_similarity
+
+    rng = random.Random(5)
+    words = ["We", "we", "share", "data", "data", "with", "ads", "partners", "!", "", "—"]
+    for _ in range(300):
+        def text() -> str:
+            return " ".join(rng.choice(words) for _ in range(rng.randint(0, 9))).strip()
+        old = [Clause(id=f"c{i}", text=text(), section=(rng.choice("ab"),))
+               for i in range(rng.randint(1, 9))]
+        new = [Block(text=text(), section=(rng.choice("ab"),)) for _ in range(rng.randint(1, 9))]
+        got = _pair_by_similarity(old, new, list(range(len(old))), list(range(len(new))),
+                                  set(), {}, threshold)
+        assert got == _pairs_counted_pair_by_pair(old, new, threshold)

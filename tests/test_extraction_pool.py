@@ -226,3 +226,20 @@ print([m for m in parsers if m in sys.modules], tracker._resource_tracker._pid)
     finally:
         pool.close()
     assert pool(page, select="main") == extract(page, select="main")  # closed: in the thread
+
+
+def test_the_console_script_module_leaves_the_event_loop_and_the_store_to_commands() -> None:
+    """Every worker and the views process import the console script's module (it is their
+    __main__): what it imports at the top, each child pays for at its start."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import daemon.cli
+heavy = ("asyncio", "aiohttp", "eventsourcing", "lxml.etree", "sqlite3")
+print([m for m in heavy if m in sys.modules])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.split() == ["[]"], done.stdout + done.stderr

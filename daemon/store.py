@@ -83,6 +83,11 @@ class ClauseWatchApp(Application[Any]):
         aggregate in hand already is that state.
         """
         due = self._snapshots_due(objs)
+        recordings = self._save_collected(objs, kwargs)
+        self._snapshot(due)
+        return recordings
+
+    def _save_collected(self, objs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         # Application.save (eventsourcing 9.5), with the collecting above.
         processing_event = _Collected()
         processing_event.collect_events(*objs, **kwargs)
@@ -90,7 +95,6 @@ class ClauseWatchApp(Application[Any]):
         self._take_snapshots(processing_event)
         self._notify(recordings)
         self.notify(processing_event.events)
-        self._snapshot(due)
         return recordings
 
     def save_many(self, documents: Sequence[Any]) -> list[Exception | None]:
@@ -104,7 +108,7 @@ class ClauseWatchApp(Application[Any]):
             events = [event for doc in documents for event in doc.pending_events]
             due = self._snapshots_due(documents)
             try:
-                super().save(*events)
+                self._save_collected(events, {})
             except Exception:
                 pass
             else:

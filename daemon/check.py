@@ -76,8 +76,13 @@ def _in_thread(executor: Executor | None, fn: Callable[..., T], *args: Any,
                **kwargs: Any) -> Awaitable[T]:
     """asyncio.to_thread, in `executor` (None: the loop's default one)."""
     context = contextvars.copy_context()
-    return asyncio.get_running_loop().run_in_executor(
-        executor, functools.partial(context.run, fn, *args, **kwargs))
+    call = functools.partial(context.run, fn, *args, **kwargs)
+    loop = asyncio.get_running_loop()
+    if executor is None:
+        return loop.run_in_executor(None, call)
+    # What run_in_executor does, but for its check that `call` is no coroutine function
+    # (inspect on a partial: ~10 us, a tenth of a 304's time on the event loop).
+    return asyncio.wrap_future(executor.submit(call), loop=loop)
 
 
 def _count_fetch(metrics: Metrics, result: FetchResult) -> None:

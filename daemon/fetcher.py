@@ -100,6 +100,7 @@ class Fetcher:
         self._host_locks: dict[str, asyncio.Lock] = {}
         self._robots: dict[str, tuple[float, urllib.robotparser.RobotFileParser | None]] = {}
         self._urls: dict[str, URL] = {}
+        self._netlocs: dict[str, str] = {}
 
     def _url(self, url: str) -> URL | str:
         """The address parsed once, not at every request (yarl's parse was a tenth of the
@@ -198,7 +199,7 @@ class Fetcher:
                         )
                 except FetchError:
                     raise
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise TransientFetchError(current, "timed out") from None
                 except aiohttp.ClientConnectorCertificateError as exc:
                     raise PermanentFetchError(current, f"TLS certificate error: {exc}") \
@@ -234,7 +235,12 @@ class Fetcher:
         return b"".join(chunks)
 
     def _polite(self, url: str) -> _Polite:
-        host = urlsplit(url).netloc.lower()
+        host = self._netlocs.get(url)
+        if host is None:  # split once per address, as _url parses it once
+            host = urlsplit(url).netloc.lower()
+            if len(self._netlocs) >= _URLS_KEPT:
+                self._netlocs.clear()
+            self._netlocs[url] = host
         if host not in self._hosts:
             self._hosts[host] = asyncio.Semaphore(self.settings.per_host_concurrency)
             self._host_locks[host] = asyncio.Lock()

@@ -34,7 +34,7 @@ from domain.document import (
     document_uuid,
 )
 from domain.errors import DomainError
-from domain.blocks import Extraction, SameRegion
+from domain.blocks import BOTH, LEXBOR, Extraction, SameRegion
 from domain.suspect import SuspectPolicy
 
 log = logging.getLogger("clausewatch.service")
@@ -250,15 +250,17 @@ class ClauseWatch:
                 return aggregate.record_capture(facts, None)
             # New bytes, but the region the last good text came from may be the same.
             known = self._region(doc.id, aggregate)
+            walk = self._walk(doc.id, aggregate)
             content_type = doc.content_type or result.content_type
             if not extracted:
                 # Stored as evidence where they are extracted: before the event cites them.
                 extracted.append(self.read_page(self.store.evidence, result.body,
                                                 facts.sha256, content_type, select=doc.select,
-                                                remove=doc.remove, unless_region=known))
+                                                remove=doc.remove, unless_region=known,
+                                                walk=walk))
             elif isinstance(extracted[0], SameRegion) and extracted[0].region != known:
                 extracted[0] = self.extract(result.body, content_type, select=doc.select,
-                                            remove=doc.remove, unless_region=known)
+                                            remove=doc.remove, unless_region=known, walk=walk)
             extraction = extracted[0]
             if isinstance(extraction, SameRegion):
                 return aggregate.record_same_text(facts)
@@ -272,8 +274,10 @@ class ClauseWatch:
             region = extracted[0] if extracted else None
             if region is not None and region.region and capture.outcome != "suspect":
                 # The text this page gave is now the last good text: remember its region
-                # (for a SameRegion, its own key: the next page most likely matches it).
-                self._remember(doc.id, aggregate, region=region.region)
+                # (for a SameRegion, its own key: the next page most likely matches it) and
+                # which tree it was read from (a SameRegion's text is the last one: as it was).
+                self._remember(doc.id, aggregate, region=region.region,
+                               walk=region.walk if isinstance(region, Extraction) else None)
             else:
                 self._remember(doc.id, aggregate)
         if self.catch_up_after_save:
@@ -336,22 +340,42 @@ class ClauseWatch:
         append_seconds = time.perf_counter() - started
         return aggregate, decided, append_seconds
 
-    def _region(self, document_id: str, aggregate: Document) -> str | None:
-        """The region key of the page the document's last good text came from, if known."""
+    def _known_region(self, document_id: str, aggregate: Document) -> dict[str, Any] | None:
+        """What the head says of the page the document's last good text came from (its
+        region's key, the tree its text was read from), if it is about that text."""
         head = self.heads.get(document_id)
         region = head.get("region") if head is not None else None
         if region and aggregate.text_sha256 and region.get("text") == aggregate.text_sha256:
-            return str(region["key"])
+            return dict(region)
         return None
 
+    def _region(self, document_id: str, aggregate: Document) -> str | None:
+        """The region key of the page the document's last good text came from, if known."""
+        known = self._known_region(document_id, aggregate)
+        return str(known["key"]) if known is not None else None
+
+    def _walk(self, document_id: str, aggregate: Document) -> str:
+        """Which tree to read the page's text from (domain.blocks.WALKS): lexbor's when the
+        last good text was read from it (or there is none yet), both otherwise."""
+        if aggregate.text_sha256 is None:
+            return LEXBOR
+        known = self._known_region(document_id, aggregate)
+        return LEXBOR if known is not None and known.get("walk") == LEXBOR else BOTH
+
     def _remember(self, document_id: str, aggregate: Document, *,
-                  region: str | None = None) -> None:
-        """Keep the head of a saved aggregate, with the region its good text came from."""
+                  region: str | None = None, walk: str | None = None) -> None:
+        """Keep the head of a saved aggregate, with the region its good text came from and
+        the tree that text was read from (None: as the head said, if about the same text)."""
         head = aggregate.head()
-        if region is None:
-            region = self._region(document_id, aggregate)
+        known = self._known_region(document_id, aggregate)
+        if region is None and known is not None:
+            region = str(known["key"])
+        if walk is None and known is not None:
+            walk = known.get("walk")
         if region is not None:
             head["region"] = {"text": aggregate.text_sha256, "key": region}
+            if walk is not None:
+                head["region"]["walk"] = walk
         self.heads.put(document_id, head)
 
     def reclassify(self, *, attempts: int = 3) -> dict[str, int]:

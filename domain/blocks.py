@@ -9,6 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Which tree the text of a plain CSS selection is read from. Both parsers read the same
+# blocks from the real pages of the corpus, but on malformed markup libxml2 (lxml) and lexbor
+# (an HTML5 parser) can build different trees, so a document whose text so far came from
+# lxml's tree is read from both (BOTH) until they agree, then from lexbor's alone: never a
+# change that is only the parser's. Reading lexbor's tree spares lxml's parse, its CSS
+# selection and the check that both selected alike (~9 -> ~4 ms a changed benchmark page).
+LEXBOR, LXML, BOTH = "lexbor", "lxml", "both"
+WALKS = (LEXBOR, LXML, BOTH)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Block:
@@ -32,6 +41,9 @@ class Extraction:
     # The key of the watched region (see SameRegion); None where there is none to compute
     # (not HTML, a range selector, nothing selected).
     region: str | None = None
+    # The tree an HTML page's blocks were read from ("lexbor" or "lxml"; see domain.extract
+    # WALKS); None for other content.
+    walk: str | None = None
 
     @property
     def text(self) -> str:
@@ -42,7 +54,7 @@ class Extraction:
         # An extraction crosses to and from the worker processes: its blocks as plain rows
         # pickle ~5x and unpickle ~3x faster than dataclasses do (fields() per object).
         return _extraction, ([(b.text, b.section, b.kind) for b in self.blocks],
-                             self.selection_matched, self.warnings, self.region)
+                             self.selection_matched, self.warnings, self.region, self.walk)
 
 
 def _block(text: str, section: tuple[str, ...], kind: str) -> Block:
@@ -54,9 +66,11 @@ def _block(text: str, section: tuple[str, ...], kind: str) -> Block:
 
 
 def _extraction(rows: list[tuple[str, tuple[str, ...], str]], selection_matched: bool,
-                warnings: tuple[str, ...], region: str | None) -> Extraction:
+                warnings: tuple[str, ...], region: str | None,
+                walk: str | None = None) -> Extraction:
     return Extraction(blocks=tuple([_block(*row) for row in rows]),
-                      selection_matched=selection_matched, warnings=warnings, region=region)
+                      selection_matched=selection_matched, warnings=warnings, region=region,
+                      walk=walk)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from cssselect import SelectorError as CssSyntaxError
 from lxml.cssselect import CSSSelector
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
-from domain.blocks import Block, Extraction, SameRegion
+from domain.blocks import LEXBOR, LXML, WALKS, Block, Extraction, SameRegion
 from domain.errors import SelectorError, UnsupportedContentError
 from domain.normalize import normalize_text
 
@@ -63,11 +63,13 @@ def extract(
     select: Selector | None = None,
     remove: Selector | None = None,
     unless_region: str | None = None,
+    walk: str = LEXBOR,
 ) -> Extraction | SameRegion:
     """Extract the visible text blocks of a document of any supported content type.
 
     With `unless_region`, an HTML page whose watched region has that key is not walked:
-    SameRegion says its blocks are those of the page the key came from.
+    SameRegion says its blocks are those of the page the key came from. `walk`: see
+    extract_html.
     """
     media_type, params = _parse_content_type(content_type)
     if media_type in {"text/html", "application/xhtml+xml", ""} or _looks_like_html(body):
@@ -77,7 +79,7 @@ def extract(
             # round trip through a str for the key of the region.
             raw = (body if codec == "utf-8" else body[3:] if codec == "utf-8-sig" else None)
             return extract_html(html, select=select, remove=remove,
-                                unless_region=unless_region, _utf8=raw)
+                                unless_region=unless_region, walk=walk, _utf8=raw)
     if media_type in {"text/markdown", "text/x-markdown"}:
         return extract_markdown(decode_text(body, params.get("charset")))
     if media_type == "text/plain":
@@ -113,11 +115,16 @@ def _decode(body: bytes, charset: str | None = None) -> tuple[str, str]:
 
 def extract_html(html: str, *, select: Selector | None = None,
                  remove: Selector | None = None, unless_region: str | None = None,
-                 _utf8: bytes | None = None) -> Extraction | SameRegion:
+                 walk: str = LEXBOR, _utf8: bytes | None = None) -> Extraction | SameRegion:
     """Extract blocks from HTML, keeping only what `select` picks and dropping what `remove` picks.
 
+    `walk`: which tree a plain CSS selection's text is read from (see WALKS); anything else
+    (a range, a pseudo-class, the whole page) is read from lxml's tree. The Extraction says
+    which tree its blocks came from.
     `_utf8`: the page's bytes, when `html` is exactly their UTF-8 decoding.
     """
+    if walk not in WALKS:
+        raise ValueError(f"walk must be one of {', '.join(WALKS)}, not {walk!r}")
     html = _XML_DECL.sub("", html, count=1)
     if not html.strip():
         return Extraction(blocks=(), selection_matched=select is None)
@@ -130,6 +137,22 @@ def extract_html(html: str, *, select: Selector | None = None,
             return SameRegion(unless_region)
         if loose and fast.loose == loose:  # the same but for attributes the walk does not read
             return SameRegion(fast.key)
+    if fast is not None and walk != LXML:
+        blocks = fast.walk()
+        if walk == LEXBOR:
+            return Extraction(blocks=blocks, region=fast.key, walk=LEXBOR)
+        # BOTH: lxml's blocks unless the two trees give the same (see WALKS).
+        legacy = _read_lxml(html, select, remove, None, fast)
+        if isinstance(legacy, Extraction) and legacy.blocks == blocks:
+            return Extraction(blocks=blocks, region=fast.key, walk=LEXBOR)
+        return legacy
+    return _read_lxml(html, select, remove, unless_region, fast)
+
+
+def _read_lxml(html: str, select: Selector | None, remove: Selector | None,
+               unless_region: str | None, fast: _LexborRegion | None
+               ) -> Extraction | SameRegion:
+    """extract_html's reading of lxml's tree (`fast`: the region's key on lexbor's, if any)."""
     try:
         root = _parse_html(html)
     except (etree.ParserError, ValueError):
@@ -159,7 +182,8 @@ def extract_html(html: str, *, select: Selector | None = None,
         else None
     walker = _Walker(keep if select is not None else None, drop, around=around)
     blocks = tuple(walker.walk(root))
-    return Extraction(blocks=blocks, selection_matched=selection_matched, region=region)
+    return Extraction(blocks=blocks, selection_matched=selection_matched, region=region,
+                      walk=LXML)
 
 
 _PARSERS = threading.local()
@@ -251,16 +275,23 @@ class _LexborRegion:
     """
 
     __slots__ = ("_ancestors", "_dropped", "_head", "_loose", "_parts", "_selectors", "nodes",
-                 "strict")
+                 "removed", "root", "strict")
 
     def __init__(self, strict: str, nodes: list[Any], parts: list[str],
                  ancestors: list[list[tuple[Any, ...]]], dropped: bytes, head: bytes,
-                 selectors: tuple[str, ...]) -> None:
+                 selectors: tuple[str, ...], *, removed: list[Any] | None = None,
+                 root: Any = None) -> None:
         self.strict = strict
         self.nodes = nodes  # each holds the tree
+        self.removed = removed or []  # what `remove` matched
+        self.root = root  # the <html> element, where a walk starts
         self._parts, self._ancestors, self._dropped = parts, ancestors, dropped
         self._head, self._selectors = head, selectors
         self._loose: str | None = None
+
+    def walk(self) -> tuple[Block, ...]:
+        """The blocks of the selection, read from lexbor's tree as _Walker reads lxml's."""
+        return tuple(_LexborWalker(self.nodes, self.removed).walk(self.root))
 
     @classmethod
     def of(cls, html: str | bytes, select: Selector | None,
@@ -308,7 +339,7 @@ class _LexborRegion:
             digest.update(b"\0\0")
             digest.update(where)
         return cls(digest.hexdigest(), nodes, parts, ancestors, where, head,
-                   selecting + removing)
+                   selecting + removing, removed=dropped, root=tree.root)
 
     @property
     def loose(self) -> str:
@@ -702,3 +733,61 @@ class _Walker:
             section = tuple(heading for _, heading in self.headings)
             self.headings.append((level, text))
         self.blocks.append(Block(text=text, section=section, kind=kind))
+
+
+class _LexborWalker(_Walker):
+    """_Walker's reading of a CSS selection, on lexbor's tree: text nodes come as nodes of
+    their own (lxml's text and tails), comments as nodes with no text."""
+
+    def __init__(self, selected: list[Any], removed: list[Any]) -> None:
+        super().__init__(None, _Marks())
+        self.kept = 0
+        self._selected = {node.mem_id for node in selected}
+        self._removed = {node.mem_id for node in removed}
+        # The ancestors of selected nodes: elsewhere, with nothing kept, is nothing to read.
+        self._around: set[int] = set()
+        for node in selected:
+            parent = node.parent
+            while parent is not None and parent.mem_id not in self._around:
+                self._around.add(parent.mem_id)
+                parent = parent.parent
+
+    def walk(self, root: Any) -> list[Block]:
+        # Depth first without recursion (a page may nest deeper than Python's stack): an
+        # element is pushed again, marked, to be closed after its children.
+        selected, removed, around = self._selected, self._removed, self._around
+        stack: list[tuple[Any, str | None, bool, bool]] = [(root, None, False, False)]
+        while stack:
+            node, closing, kept, dropped = stack.pop()
+            if closing is not None:
+                self._close(closing)
+                self.kept -= kept
+                self.dropped -= dropped
+                continue
+            tag = node.tag
+            if tag == "-text":
+                self._text(node.text_content)
+                continue
+            if tag is None or tag[:1] in ("-", "!"):  # a comment, a doctype
+                continue
+            mem_id = node.mem_id
+            kept, dropped = mem_id in selected, mem_id in removed
+            if self.kept + kept <= 0 and not self.buffer and mem_id not in around:
+                continue  # nothing selected in here (see _Walker.walk)
+            attrs = node.attributes
+            if tag in _SKIPPED_TAGS or "hidden" in attrs or (
+                    attrs.get("aria-hidden") == "true" and tag not in _BLOCK_TAGS) or (
+                    (style := attrs.get("style")) and _HIDDEN_STYLE.search(style)):
+                continue
+            self.kept += kept
+            self.dropped += dropped
+            self._open(tag)
+            stack.append((node, tag, kept, dropped))
+            children = []
+            child = node.child
+            while child is not None:
+                children.append(child)
+                child = child.next
+            stack.extend((c, None, False, False) for c in reversed(children))
+        self._flush()
+        return self.blocks

@@ -143,9 +143,14 @@ def test_a_plain_selection_is_keyed_without_parsing_with_lxml(
 
     monkeypatch.setattr(extract_module, "_parse_html", no_lxml)
     assert extract(after, "text/html", select="main", unless_region=key) == SameRegion(key)
-    with pytest.raises(AssertionError):  # a changed region does need the walk
+    # A changed region is walked: on lexbor's tree, without lxml at all...
+    changed = extract(page(MAIN.replace("email", "postal")), "text/html", select="main",
+                      unless_region=key)
+    assert isinstance(changed, Extraction) and changed.walk == "lexbor"
+    assert "postal" in changed.text
+    with pytest.raises(AssertionError):  # ...or on lxml's, for a document read from it so far
         extract(page(MAIN.replace("email", "postal")), "text/html", select="main",
-                unless_region=key)
+                unless_region=key, walk="lxml")
 
 
 def test_selectors_lexbor_may_read_otherwise_are_keyed_on_lxml() -> None:
@@ -167,12 +172,19 @@ def test_when_lexbor_selects_otherwise_the_lxml_key_is_used() -> None:
             b"<div class='POLICY'><p>Banner</p></div></body></html>")
     fast = extract_module._LexborRegion.of(body.decode(), ".policy", None)
     assert fast is not None and len(fast.nodes) == 2
-    extraction = _full(body, select=".policy")
+    extraction = _full(body, select=".policy", walk="lxml")
     assert [b.text for b in extraction.blocks] == ["We keep logs."]
     assert extraction.region is not None and extraction.region != fast.key
     changed = body.replace(b"Banner", b"Other banner")
-    assert _same(body, changed, select=".policy")  # lxml's region did not change
-    assert not _same(body, body.replace(b"keep", b"sell"), select=".policy")
+    assert _same(body, changed, select=".policy", walk="lxml")  # lxml's region did not change
+    assert not _same(body, body.replace(b"keep", b"sell"), select=".policy", walk="lxml")
+    # Read from both trees (a document read from lxml's so far), lxml's reading stands...
+    both = _full(body, select=".policy", walk="both")
+    assert both.blocks == extraction.blocks and both.walk == "lxml"
+    # ...while a document read from lexbor's selects as lexbor (and browsers) do.
+    lexbor = _full(body, select=".policy")
+    assert [b.text for b in lexbor.blocks] == ["We keep logs.", "Banner"]
+    assert lexbor.walk == "lexbor" and lexbor.region == fast.key
 
 
 @pytest.mark.parametrize("remove", ["div + div p", "div + div p:not(.never)"])
@@ -233,3 +245,57 @@ def test_a_region_with_raw_text_the_walk_reads_has_no_loose_key() -> None:
     before = page("<xmp>a <b c='1'> d</xmp>")
     after = page("<xmp>a <b c='2'> d</xmp>")
     assert not _same(before, after, select="main")
+
+
+# Which tree the text is read from (domain.blocks.WALKS).
+
+
+@pytest.mark.parametrize("name", ["buffer-privacy", "github-privacy"])
+def test_on_real_snapshots_both_trees_read_the_same_blocks(name: str) -> None:
+    # What lets a document move from lxml's reading to lexbor's: on every snapshot of the
+    # real pages, the same blocks (text, headings, kinds), and the "both" reading says so.
+    directory = TRIMMED_CORPUS / "replay" / name
+    spec = declaration(directory)
+    versions = replay_versions(directory)
+    assert versions
+    for version in versions:
+        lexbor = _full(version.body, select=spec["select"])
+        lxml = _full(version.body, select=spec["select"], walk="lxml")
+        assert (lexbor.walk, lxml.walk) == ("lexbor", "lxml")
+        assert lexbor.blocks == lxml.blocks and lexbor.blocks, version.seq
+        assert lexbor.region == lxml.region  # the key of the same selection, either way
+        both = _full(version.body, select=spec["select"], walk="both")
+        assert (both.blocks, both.walk) == (lexbor.blocks, "lexbor")
+
+
+@pytest.mark.parametrize("walk", ["lexbor", "lxml"])
+def test_both_trees_skip_hidden_parts_remove_what_is_removed_and_keep_headings(
+        walk: str) -> None:
+    body = (b"<!doctype html><html><body><nav>Menu</nav><main><h1>Privacy</h1>"
+            b"<h2>Data</h2><p>We keep <b>logs</b><br>for a year.<!-- note --> Then"
+            b" we delete them.</p><p hidden>Hidden</p><div style='display:none'>None</div>"
+            b"<ul><li>Name <span aria-hidden='true'>#</span></li><li class='ad'>Ad</li></ul>"
+            b"<table><tr><td>A</td><td>B</td></tr></table><script>x()</script>"
+            b"<h2>Rights</h2><p>Ask us.</p></main><footer>Foot</footer></body></html>")
+    extraction = _full(body, select="main", remove=".ad", walk=walk)
+    assert [(b.text, b.section, b.kind) for b in extraction.blocks] == [
+        ("Privacy", (), "heading"),
+        ("Data", ("Privacy",), "heading"),
+        ("We keep logs for a year. Then we delete them.", ("Privacy", "Data"), "paragraph"),
+        ("Name", ("Privacy", "Data"), "item"),
+        ("A | B", ("Privacy", "Data"), "row"),
+        ("Rights", ("Privacy",), "heading"),
+        ("Ask us.", ("Privacy", "Rights"), "paragraph"),
+    ]
+
+
+def test_a_page_nested_deeper_than_pythons_stack_is_read_from_lexbors_tree() -> None:
+    body = (b"<!doctype html><html><body><main>" + b"<div>" * 3000 + b"<p>Deep</p>"
+            + b"</div>" * 3000 + b"</main></body></html>")
+    extraction = _full(body, select="main")
+    assert extraction.walk == "lexbor" and extraction.text == "Deep"
+
+
+def test_an_unknown_walk_is_refused() -> None:
+    with pytest.raises(ValueError, match="walk must be one of"):
+        extract(page(MAIN), "text/html", select="main", walk="html5lib")

@@ -204,13 +204,14 @@ async def test_snapshots_are_still_taken_every_50_events(
 
 @pytest.fixture
 def walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the extraction's walks of a page (one item each)."""
+    """Counts the extraction's walks of a page, of either tree (one item each)."""
     import domain.extract
 
     counted: list[int] = []
-    original = domain.extract._Walker.walk
-    monkeypatch.setattr(domain.extract._Walker, "walk",
-                        lambda self, root: counted.append(1) or original(self, root))
+    for walker in (domain.extract._Walker, domain.extract._LexborWalker):
+        original = walker.walk
+        monkeypatch.setattr(walker, "walk", lambda self, root, original=original:
+                            counted.append(1) or original(self, root))
     return counted
 
 
@@ -270,3 +271,58 @@ def test_a_document_without_good_text_needs_no_load_and_a_stale_one_still_reload
 
     with pytest.raises(IntegrityError):
         service.commits.save(other)
+
+
+# Which tree a document's text is read from (domain.blocks.WALKS), kept in its head.
+
+# Without a doctype (quirks mode) lexbor matches class names without regard to case, as
+# browsers do, and cssselect does not: the two trees read different text from this page.
+_QUIRKS = ("<html><body><div class='policy'><p>We keep logs.</p><p>{}</p></div>"
+           "<div class='POLICY'><p>{}</p></div></body></html>")
+
+
+async def test_a_document_read_from_lxml_so_far_moves_to_lexbor_once_both_agree(
+        service: ClauseWatch, page_server: PageServer, walks: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = DocumentSettings(id="example/privacy", platform="Example", title="Privacy Policy",
+                           url=page_server.url("/privacy"), select=".policy", robots=False)
+    # Recorded from lxml's tree, as before lexbor's was read.
+    with monkeypatch.context() as legacy:
+        legacy.setattr(service, "_walk", lambda *_: "lxml")
+        page_server.set("/privacy", _QUIRKS.format("We delete them a year after you leave.", "Banner 1"))
+        [first] = await check_all(service, LOOPBACK_FETCH, [doc])
+    head = service.heads.get(doc.id)
+    assert first.outcome == "baseline" and head["region"]["walk"] == "lxml"
+    del head["region"]["walk"]  # as a head written before there was a choice of tree
+    service.heads.put(doc.id, head)
+    assert [c["text"] for c in service.clauses(doc.id)] == ["We keep logs.", "We delete them a year after you leave."]
+    # A new banner, which only lexbor's tree selects: read from both, lxml's reading stands
+    # and nothing changed (lexbor's alone would have added "Banner 2").
+    page_server.set("/privacy", _QUIRKS.format("We delete them a year after you leave.", "Banner 2"))
+    [banner] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (banner.outcome, len(walks)) == ("unchanged", 3)  # baseline 1, then both 2
+    assert service.heads.get(doc.id)["region"]["walk"] == "lxml"
+    # The banner gone, a clause changed: both trees agree, the change is recorded and the
+    # document is read from lexbor's tree from now on.
+    page_server.set("/privacy", _QUIRKS.replace("<div class='POLICY'><p>{}</p></div>", "")
+                    .format("We delete them two years after you leave."))
+    [changed] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (changed.outcome, changed.kinds, len(walks)) == ("changed", ("modified",), 5)
+    assert service.heads.get(doc.id)["region"]["walk"] == "lexbor"
+    page_server.set("/privacy", _QUIRKS.replace("<div class='POLICY'><p>{}</p></div>", "")
+                    .format("We delete them three years after you leave."))
+    [again] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (again.outcome, len(walks)) == ("changed", 6)  # one walk: lexbor's
+
+
+async def test_a_new_document_is_read_from_lexbors_tree_alone(
+        service: ClauseWatch, page_server: PageServer, walks: list[int]) -> None:
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES, noise="1").decode())
+    [first] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (first.outcome, len(walks)) == ("baseline", 1)
+    assert service.heads.get(doc.id)["region"]["walk"] == "lexbor"
+    page_server.set("/privacy", page(CLAUSES[1:], noise="2").decode())
+    [changed] = await check_all(service, LOOPBACK_FETCH, [doc])
+    assert (changed.outcome, len(walks)) == ("changed", 2)
+    assert service.heads.get(doc.id)["region"]["walk"] == "lexbor"

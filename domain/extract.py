@@ -137,8 +137,13 @@ def extract_html(html: str, *, select: Selector | None = None,
             return SameRegion(unless_region)
         if loose and fast.loose == loose:  # the same but for attributes the walk does not read
             return SameRegion(fast.key)
+    blocks: tuple[Block, ...] | None = None
     if fast is not None and walk != LXML:
-        blocks = fast.walk()
+        try:
+            blocks = fast.walk()
+        except (SelectolaxError, ValueError, RuntimeError):
+            blocks = None  # a tree lexbor built but cannot give back: lxml's reading instead
+    if fast is not None and blocks is not None:
         if walk == LEXBOR:
             return Extraction(blocks=blocks, region=fast.key, walk=LEXBOR)
         # BOTH: lxml's blocks unless the two trees give the same (see WALKS).

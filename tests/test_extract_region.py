@@ -299,3 +299,16 @@ def test_a_page_nested_deeper_than_pythons_stack_is_read_from_lexbors_tree() -> 
 def test_an_unknown_walk_is_refused() -> None:
     with pytest.raises(ValueError, match="walk must be one of"):
         extract(page(MAIN), "text/html", select="main", walk="html5lib")
+
+
+def test_a_lexbor_tree_that_cannot_be_walked_is_read_from_lxmls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import domain.extract as extract_module
+
+    def broken(self: object, root: object) -> None:
+        raise RuntimeError("lexbor gave back no node")
+
+    monkeypatch.setattr(extract_module._LexborWalker, "walk", broken)
+    extraction = _full(page(MAIN), select="main")
+    assert extraction.walk == "lxml" and extraction.blocks
+    assert extraction.blocks == _full(page(MAIN), select="main", walk="lxml").blocks

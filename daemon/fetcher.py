@@ -99,22 +99,23 @@ class Fetcher:
         self._last_request: dict[str, float] = {}
         self._host_locks: dict[str, asyncio.Lock] = {}
         self._robots: dict[str, tuple[float, urllib.robotparser.RobotFileParser | None]] = {}
-        self._urls: dict[str, URL] = {}
-        self._netlocs: dict[str, str] = {}
+        # Each address parsed once (yarl's parse was a tenth of the main process's time for a
+        # 304) and split once for its host's slot: what a request needs of it.
+        self._addresses: dict[str, tuple[URL | str, str]] = {}
 
-    def _url(self, url: str) -> URL | str:
-        """The address parsed once, not at every request (yarl's parse was a tenth of the
-        main process's time for a 304)."""
-        parsed = self._urls.get(url)
-        if parsed is None:
+    def _address(self, url: str) -> tuple[URL | str, str]:
+        """The address as aiohttp takes it (as given if yarl cannot parse it: aiohttp then
+        says what is wrong with it, as it always did) and its host, for the politeness."""
+        known = self._addresses.get(url)
+        if known is None:
             try:
-                parsed = URL(url)
+                parsed: URL | str = URL(url)
             except (TypeError, ValueError):
-                return url  # aiohttp says what is wrong with it, as it always did
-            if len(self._urls) >= _URLS_KEPT:
-                self._urls.clear()
-            self._urls[url] = parsed
-        return parsed
+                parsed = url
+            if len(self._addresses) >= _URLS_KEPT:
+                self._addresses.clear()
+            known = self._addresses[url] = (parsed, urlsplit(url).netloc.lower())
+        return known
 
     async def fetch(self, url: str, *, etag: str | None = None,
                     last_modified: str | None = None, robots: bool = True) -> FetchResult:
@@ -161,9 +162,10 @@ class Fetcher:
                                         sock_connect=self.settings.connect_timeout,
                                         sock_read=self.settings.timeout)
         while True:
-            async with self._polite(current):
+            address, host = self._address(current)
+            async with self._polite(host):
                 try:
-                    async with self.session.get(self._url(current), headers=headers,
+                    async with self.session.get(address, headers=headers,
                                                 timeout=timeout,
                                                 allow_redirects=False) as response:
                         if response.status in (301, 302, 303, 307, 308):
@@ -234,13 +236,7 @@ class Fetcher:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _polite(self, url: str) -> _Polite:
-        host = self._netlocs.get(url)
-        if host is None:  # split once per address, as _url parses it once
-            host = urlsplit(url).netloc.lower()
-            if len(self._netlocs) >= _URLS_KEPT:
-                self._netlocs.clear()
-            self._netlocs[url] = host
+    def _polite(self, host: str) -> _Polite:
         if host not in self._hosts:
             self._hosts[host] = asyncio.Semaphore(self.settings.per_host_concurrency)
             self._host_locks[host] = asyncio.Lock()

@@ -249,8 +249,9 @@ class ClauseWatch:
                 self.store.evidence.put(result.body, sha256=facts.sha256)
                 return aggregate.record_capture(facts, None)
             # New bytes, but the region the last good text came from may be the same.
-            known = self._region(doc.id, aggregate)
-            walk = self._walk(doc.id, aggregate)
+            last = self._known_region(doc.id, aggregate)
+            known = str(last["key"]) if last is not None else None
+            walk = _walk(aggregate, last)
             content_type = doc.content_type or result.content_type
             if not extracted:
                 # Stored as evidence where they are extracted: before the event cites them.
@@ -346,21 +347,8 @@ class ClauseWatch:
         head = self.heads.get(document_id)
         region = head.get("region") if head is not None else None
         if region and aggregate.text_sha256 and region.get("text") == aggregate.text_sha256:
-            return dict(region)
+            return dict(region)  # a copy: the head in memory is changed only through put
         return None
-
-    def _region(self, document_id: str, aggregate: Document) -> str | None:
-        """The region key of the page the document's last good text came from, if known."""
-        known = self._known_region(document_id, aggregate)
-        return str(known["key"]) if known is not None else None
-
-    def _walk(self, document_id: str, aggregate: Document) -> str:
-        """Which tree to read the page's text from (domain.blocks.WALKS): lexbor's when the
-        last good text was read from it (or there is none yet), both otherwise."""
-        if aggregate.text_sha256 is None:
-            return LEXBOR
-        known = self._known_region(document_id, aggregate)
-        return LEXBOR if known is not None and known.get("walk") == LEXBOR else BOTH
 
     def _remember(self, document_id: str, aggregate: Document, *,
                   region: str | None = None, walk: str | None = None) -> None:
@@ -805,6 +793,15 @@ class ClauseWatch:
             self.store.evidence.delete(sha256)
             dropped += 1
         return dropped
+
+
+def _walk(aggregate: Document, known: dict[str, Any] | None) -> str:
+    """Which tree to read a page's text from (domain.blocks.WALKS), given what the head says
+    of the last good text (`known`): lexbor's when that text was read from it (or there is
+    none yet), both otherwise."""
+    if aggregate.text_sha256 is None:
+        return LEXBOR
+    return LEXBOR if known is not None and known.get("walk") == LEXBOR else BOTH
 
 
 def _outcome(document_id: str, capture: CaptureResult, sha256: str | None,

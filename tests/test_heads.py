@@ -288,7 +288,7 @@ async def test_a_document_read_from_lxml_so_far_moves_to_lexbor_once_both_agree(
                            url=page_server.url("/privacy"), select=".policy", robots=False)
     # Recorded from lxml's tree, as before lexbor's was read.
     with monkeypatch.context() as legacy:
-        legacy.setattr(service, "_walk", lambda *_: "lxml")
+        legacy.setattr("daemon.service._walk", lambda *_: "lxml")
         page_server.set("/privacy", _QUIRKS.format("We delete them a year after you leave.", "Banner 1"))
         [first] = await check_all(service, LOOPBACK_FETCH, [doc])
     head = service.heads.get(doc.id)

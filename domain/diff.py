@@ -8,6 +8,16 @@ from dataclasses import dataclass
 
 from diff_match_patch import diff_match_patch
 
+try:
+    # The same algorithm compiled (the C++ port of diff-match-patch): ~8x faster on
+    # word-coded clause pairs, with the same diffs as the Python engine (all ~26,000 pairs an
+    # alignment of the full corpus and random clause pairs make; tests/test_diff.py checks
+    # the trimmed copy's). Alignment diffs several candidates per edited clause: diff_main
+    # was most of a changed page's alignment, ~6 ms of it, now ~2.
+    from fast_diff_match_patch import diff as _compiled_diff
+except ImportError:  # a platform without its wheel: the pure-Python engine alone
+    _compiled_diff = None
+
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
 # A safety net for pathological inputs, far above what clause-sized text needs, so that the
 # same two texts always give the same diff on any machine.
@@ -36,6 +46,12 @@ def word_diff(before: str, after: str) -> tuple[tuple[int, str], ...]:
     Remembered for a while: alignment scores a pair with `similarity`, then, when it keeps
     the pair, asks `text_diff` for the very same diff.
     """
+    return _word_diff(before, after)
+
+
+def _word_diff(before: str, after: str, *, compiled: bool = True
+               ) -> tuple[tuple[int, str], ...]:
+    """word_diff, unremembered; `compiled=False` diffs with the pure-Python engine alone."""
     dmp = _engine()
     vocabulary: dict[str, str] = {}
     tokens: list[str] = [""]
@@ -50,10 +66,26 @@ def word_diff(before: str, after: str) -> tuple[tuple[int, str], ...]:
             out.append(code)
         return "".join(out)
 
-    diffs = dmp.diff_main(encode(before), encode(after), False)
+    diffs = _diff_main(dmp, encode(before), encode(after), compiled=compiled)
     decoded = [(op, "".join(tokens[ord(c)] for c in data)) for op, data in diffs]
     dmp.diff_cleanupSemantic(decoded)
     return tuple((op, data) for op, data in decoded if data)
+
+
+_OPS = {"-": -1, "=": 0, "+": 1}
+
+
+def _diff_main(dmp: diff_match_patch, before: str, after: str, *,
+               compiled: bool) -> list[tuple[int, str]]:
+    """dmp.diff_main(before, after, False), by the compiled engine when it is installed.
+
+    Only the diff itself: the cleanup runs on the decoded words, in Python, either way.
+    """
+    if compiled and _compiled_diff is not None:
+        return [(_OPS[op], data) for op, data in _compiled_diff(
+            before, after, timelimit=dmp.Diff_Timeout, checklines=False, cleanup="No",
+            counts_only=False)]
+    return list(dmp.diff_main(before, after, False))
 
 
 def similarity(before: str, after: str) -> float:

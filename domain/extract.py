@@ -366,7 +366,7 @@ class _LexborRegion:
             if _RAW_TEXT_WALKED.search(markup):
                 return ""
             digest.update(b"\0")
-            digest.update(_START_TAG.sub(lambda m: _kept_attributes(m, keep), markup).encode())
+            digest.update(_loose_markup(markup, keep).encode())
             digest.update(repr([(tag, hidden, aria == "true",
                                  bool(style and _HIDDEN_STYLE.search(style)))
                                 for tag, hidden, aria, style in chain]).encode())
@@ -389,9 +389,11 @@ class _LexborRegion:
 # too, though what `select` and `remove` match is in the key already (the elements, and
 # where `remove` matched).
 _LOOSE_KEPT = frozenset({"hidden", "aria-hidden", "style"})
-# A start tag as lexbor serialises it: attribute values in double quotes (a quote inside is
-# &quot;). A value holding < or > is not matched: that tag is kept whole.
-_START_TAG = re.compile(r'<([A-Za-z][^\s<>/"]*)((?:[^<>"]|"[^"<>]*")*)>')
+# A start tag with attributes as lexbor serialises it: values in double quotes (a quote inside
+# is &quot;). A value holding < or > is not matched: that tag is kept whole. A tag without
+# attributes is not matched at all (half the tags of a policy): the name is possessive, or
+# `<strong>` would match as `<stron` with an attribute `g`.
+_START_TAG = re.compile(r'<([A-Za-z][^\s<>/"]*+)((?:[^<>"]|"[^"<>]*")+)>')
 _ATTRIBUTE = re.compile(r'\s([^\s="/>]+)(?:="[^"<>]*")?')
 # Elements whose content lexbor serialises unescaped while the walk reads it as text: in
 # them, stripping "attributes" could merge two texts. (Script, style and the like are
@@ -400,13 +402,32 @@ _RAW_TEXT_WALKED = re.compile(r"<(?:xmp|noembed|noframes|plaintext)\b", re.IGNOR
 _SELECTOR_ATTRIBUTE = re.compile(r"\[\s*([A-Za-z_][\w-]*)")
 
 
-def _kept_attributes(match: re.Match[str], keep: frozenset[str]) -> str:
+def _loose_markup(markup: str, keep: frozenset[str]) -> str:
+    """`markup` (lexbor's serialisation) with only the attributes named in `keep`."""
+    naming = _naming(keep)
+    return _START_TAG.sub(lambda match: _kept_attributes(match, keep, naming), markup)
+
+
+def _kept_attributes(match: re.Match[str], keep: frozenset[str], naming: re.Pattern[str]
+                     ) -> str:
     attributes = match.group(2)
     if not attributes:
         return match.group(0)
+    if naming.search(attributes) is None:
+        # No kept name anywhere in the tag (most tags: a class, an href): nothing to keep,
+        # told by one search instead of a pass over each attribute (~40 % of the key's time).
+        return f"<{match.group(1)}>"
     kept = "".join(a.group(0) for a in _ATTRIBUTE.finditer(attributes)
                    if a.group(1).lower() in keep)
     return f"<{match.group(1)}{kept}>"
+
+
+@functools.lru_cache(maxsize=64)
+def _naming(keep: frozenset[str]) -> re.Pattern[str]:
+    """A search that finds every attribute of `keep` that _ATTRIBUTE would read in a tag
+    (and may find more: a kept name inside a quoted value): where it finds none, none is."""
+    names = "|".join(re.escape(name) for name in sorted(keep))
+    return re.compile(rf'\s(?:{names})(?=[\s="/>]|$)', re.IGNORECASE)
 
 
 def _named_attributes(parts: tuple[str, ...]) -> frozenset[str]:

@@ -8,11 +8,12 @@ change what the walk reads (a hidden ancestor, a removed element, the order of s
 
 from __future__ import annotations
 
+import re
 from itertools import combinations
 
 import pytest
 
-from domain.extract import Extraction, SameRegion, extract
+from domain.extract import Extraction, SameRegion, _LexborRegion, _loose_markup, extract
 from harness import TRIMMED_CORPUS, declaration, replay_versions
 
 
@@ -245,6 +246,37 @@ def test_a_region_with_raw_text_the_walk_reads_has_no_loose_key() -> None:
     before = page("<xmp>a <b c='1'> d</xmp>")
     after = page("<xmp>a <b c='2'> d</xmp>")
     assert not _same(before, after, select="main")
+
+
+def _reference_loose_markup(markup: str, keep: frozenset[str]) -> str:
+    # The plain reading of the loose markup: every start tag, every attribute tested.
+    def kept(tag: re.Match[str]) -> str:
+        names = [a.group(0) for a in re.finditer(r'\s([^\s="/>]+)(?:="[^"<>]*")?', tag[2])
+                 if a.group(1).lower() in keep]
+        return f"<{tag[1]}{''.join(names)}>" if tag[2] else tag[0]
+
+    return re.sub(r'<([A-Za-z][^\s<>/"]*)((?:[^<>"]|"[^"<>]*")*)>', kept, markup)
+
+
+@pytest.mark.parametrize("keep", [
+    frozenset({"hidden", "aria-hidden", "style"}),
+    frozenset({"hidden", "aria-hidden", "style", "class", "id", "aria-labelledby"}),
+])
+def test_the_loose_markup_keeps_exactly_the_named_attributes(keep: frozenset[str]) -> None:
+    # What the loose key hashes, against the plain reading, on real regions and on tags
+    # that trip shortcuts: a kept name in a value, case, no attributes, a value with ">".
+    regions = []
+    for name in ("buffer-privacy", "github-privacy"):
+        directory = TRIMMED_CORPUS / "replay" / name
+        for version in replay_versions(directory):
+            region = _LexborRegion.of(version.body, declaration(directory)["select"], None)
+            assert region is not None
+            regions += region._parts
+    regions.append('<p title="a style b">x</p><strong>y</strong><br/><P STYLE="c" Hidden>'
+                   '<a href="x>y" class="k">z</a><i\tstyle="s" id=u>w</i><b/ hidden></P>')
+    assert len(regions) > 5
+    for markup in regions:
+        assert _loose_markup(markup, keep) == _reference_loose_markup(markup, keep)
 
 
 # Which tree the text is read from (domain.blocks.WALKS).

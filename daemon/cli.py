@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -359,7 +361,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    import os
     import signal
 
     settings = load_settings(args.config)
@@ -435,7 +436,6 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def _notify_test(args: argparse.Namespace) -> int:
     import asyncio
-    import os
 
     from daemon.notifications import UnknownSubscriptionError, send_test_notices
 
@@ -475,5 +475,22 @@ _HANDLERS = {
 }
 
 
+def run() -> NoReturn:
+    """The console script: main(), then out of the process without tearing its heap down.
+
+    Once main() returns, what matters is done: the store closed (checkpointed and synced),
+    the output written, the child processes joined. Interpreter finalisation would still
+    free every object and module one by one, ~60 ms after a pass over 1,000 documents on
+    this machine (an unchanged pass is ~0.9 s). The exit handlers still run
+    (multiprocessing's clean-up of its semaphores and temporary folder, logging's flush);
+    the heap is left to the kernel. Tests call main(), which returns.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

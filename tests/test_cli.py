@@ -238,3 +238,29 @@ def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"clausewatch {version('clausewatch')}\n"
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_the_console_script_exits_as_main_returns_output_and_exit_handlers_included(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, config: Path, good: bool) -> None:
+    # run() leaves the interpreter with os._exit: what main() printed must all be out (a
+    # pipe is block-buffered), its code the exit status, and atexit's handlers run.
+    import os
+    import subprocess
+    import sys
+
+    path = config if good else tmp_path / "nowhere.toml"
+    expected_code, expected_out, expected_err = run(capsys, "config", "check", "-c", path)
+    code = ("import atexit, sys\n"
+            "from daemon import cli\n"
+            "atexit.register(lambda: print('exit handler ran', file=sys.stderr))\n"
+            "sys.argv = ['clausewatch', 'config', 'check', '-c', sys.argv[1]]\n"
+            "cli.run()\n"
+            "print('not reached')\n")
+    # Block-buffered, as a pipe is unless PYTHONUNBUFFERED says otherwise.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=60, check=False, env=env)
+    assert done.returncode == expected_code == (0 if good else 2)
+    assert done.stdout == expected_out and "not reached" not in done.stdout
+    assert done.stderr == expected_err + "exit handler ran\n"

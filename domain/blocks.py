@@ -41,8 +41,8 @@ class Extraction:
     # The key of the watched region (see SameRegion); None where there is none to compute
     # (not HTML, a range selector, nothing selected).
     region: str | None = None
-    # The tree an HTML page's blocks were read from ("lexbor" or "lxml"; see domain.extract
-    # WALKS); None for other content.
+    # The tree an HTML page's blocks were read from (LEXBOR or LXML; see WALKS above); None
+    # for other content.
     walk: str | None = None
 
     @property

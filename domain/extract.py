@@ -385,7 +385,7 @@ class _LexborRegion:
             sorted((node.tag or "", _squeezed(node.text(deep=True))) for node in self.nodes)
 
 
-# The attributes the walk reads (see _Walker._is_skipped). Those a selector tests are kept
+# The attributes the walk reads (see _is_skipped). Those a selector tests are kept
 # too, though what `select` and `remove` match is in the key already (the elements, and
 # where `remove` matched).
 _LOOSE_KEPT = frozenset({"hidden", "aria-hidden", "style"})
@@ -705,18 +705,7 @@ class _Walker:
 
     @staticmethod
     def _is_skipped(element: Any, tag: str) -> bool:
-        if tag in _SKIPPED_TAGS:
-            return True
-        attrib = element.attrib
-        if "hidden" in attrib:
-            return True
-        # aria-hidden marks decorative inline symbols ("#" permalinks, icons) but also whole
-        # containers hidden from screen readers behind an open cookie dialog, which a reader
-        # still sees: only inline elements are skipped.
-        if attrib.get("aria-hidden") == "true" and tag not in _BLOCK_TAGS:
-            return True
-        style = attrib.get("style")
-        return bool(style and _HIDDEN_STYLE.search(style))
+        return _is_skipped(tag, element.attrib)
 
     def _text(self, text: str | None) -> None:
         if text and self.kept > 0 and self.dropped <= 0:
@@ -759,6 +748,19 @@ class _Walker:
         self.blocks.append(Block(text=text, section=section, kind=kind))
 
 
+def _is_skipped(tag: str, attributes: Mapping[str, str | None]) -> bool:
+    """Whether an element is no text, whichever tree it is in: what both walks skip."""
+    if tag in _SKIPPED_TAGS or "hidden" in attributes:
+        return True
+    # aria-hidden marks decorative inline symbols ("#" permalinks, icons) but also whole
+    # containers hidden from screen readers behind an open cookie dialog, which a reader
+    # still sees: only inline elements are skipped.
+    if attributes.get("aria-hidden") == "true" and tag not in _BLOCK_TAGS:
+        return True
+    style = attributes.get("style")
+    return bool(style and _HIDDEN_STYLE.search(style))
+
+
 class _LexborWalker(_Walker):
     """_Walker's reading of a CSS selection, on lexbor's tree: text nodes come as nodes of
     their own (lxml's text and tails), comments as nodes with no text."""
@@ -798,10 +800,7 @@ class _LexborWalker(_Walker):
             kept, dropped = mem_id in selected, mem_id in removed
             if self.kept + kept <= 0 and not self.buffer and mem_id not in around:
                 continue  # nothing selected in here (see _Walker.walk)
-            attrs = node.attributes
-            if tag in _SKIPPED_TAGS or "hidden" in attrs or (
-                    attrs.get("aria-hidden") == "true" and tag not in _BLOCK_TAGS) or (
-                    (style := attrs.get("style")) and _HIDDEN_STYLE.search(style)):
+            if _is_skipped(tag, node.attributes):
                 continue
             self.kept += kept
             self.dropped += dropped

@@ -7,6 +7,8 @@ the child process imports this module and daemon/view_rows.py, nothing else of c
 
 from __future__ import annotations
 
+import gc
+import marshal
 import multiprocessing
 import sqlite3
 import threading
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from daemon.view_rows import Drops, capture_row
+from daemon.view_rows import Drops, capture_row, next_batch_size
 
 
 def zlib_module() -> Any:
@@ -113,6 +115,18 @@ class SQLiteEventReader:
                 self._conn = None
 
 
+class ClauseDelta(NamedTuple):
+    """A capture carrying a clause list, as the child sends it when it has read the
+    document's previous list (see InflatingReader): the capture's cw_captures row, the seq
+    of that previous list's event, how many clauses the new list has, and the clauses that
+    differ from the previous list at the same position (position, clause), in order."""
+
+    row: tuple[Any, ...]
+    base: int
+    length: int
+    changed: list[tuple[int, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class CaptureRows:
     """What the child needs to make the cw_captures rows of plain captures itself (see
@@ -138,7 +152,11 @@ class InflatingReader:
     Given `rows` (CaptureRows), the child also makes the cw_captures row of each capture
     that carries no clause list, no object but its two times, and the current class
     version (almost every event of a long log): `take` then gives that row instead of the
-    state, and the views only write it. Anything else comes as its state, as before.
+    state, and the views only write it. A capture like it that carries a clause list comes
+    as a ClauseDelta where the child holds the document's previous list: a new list is
+    mostly the old one (two reworded clauses of hundreds, say), and sending it whole, then
+    decoding and comparing each clause to its row, was the larger part of a rebuild's time.
+    Anything else comes as its state, as before.
     """
 
     def __init__(self, path: Path, table: str, compressed: bool) -> None:
@@ -146,10 +164,15 @@ class InflatingReader:
         self.table = table
         self.compressed = compressed
         self.rows: CaptureRows | None = None
+        # (limit, budget): where given, the child reads on past each full batch, sizing the
+        # next by next_batch_size as the views will ask for it, until told otherwise.
+        self.sizing: tuple[int, int] | None = None
         self._uuids = _Uuids()
         self._conn: Any = None
         self._process: Any = None
-        self._pending: tuple[int, int] | None = None
+        # Each request starts a generation; replies to older ones are dropped.
+        self._generation = 0
+        self._coming: tuple[int, int] | None = None  # the batch the child sends next
 
     def __enter__(self) -> InflatingReader:
         context = multiprocessing.get_context("spawn")  # no fork of a threaded process
@@ -181,31 +204,38 @@ class InflatingReader:
         self._requests.close()
 
     def start(self, start: int, size: int) -> None:
-        """Ask for the events from `start` on; they are read and inflated meanwhile."""
-        if self._pending is None:
+        """Ask for the events from `start` on, unless the child is reading them already;
+        they are read and inflated meanwhile (and, given `sizing`, the batches after)."""
+        if self._coming != (start, size):
+            self._generation += 1
             try:
-                self._requests.send((start, size))
+                self._requests.send((self._generation, start, size, self.sizing))
             except OSError:
                 raise self._died() from None
-            self._pending = (start, size)
+            self._coming = (start, size)
 
     def take(self, start: int, size: int) -> tuple[list[StoredRow], list[bytes | None],
                                                   list[int], int, list[Any] | None]:
         """The rows, their inflated states, marker counts, stored size, and the capture
         rows made in the child (None, or None for an event it left to the views)."""
-        if self._pending != (start, size):
-            if self._pending is not None:
-                self._receive()  # asked for something else: drop it
-            self._pending = None
-            self.start(start, size)
-        self._pending = None
-        rowids, originators, versions, topics, datas, marks, stored, made = self._receive()
+        self.start(start, size)
+        while True:
+            generation, *reply = self._receive()
+            if generation == self._generation:
+                break  # what came before was read for a request since replaced
+        rowids, originators, versions, topics, datas, marks, stored, made = reply
+        self._coming = None
+        if self.sizing is not None and len(rowids) == size:
+            limit, budget = self.sizing
+            self._coming = (rowids[-1] + 1, next_batch_size(limit, len(rowids), stored, budget))
         rows = self._uuids.rows(rowids, originators, versions, topics, [None] * len(rowids))
+        if made is not None:
+            made = [ClauseDelta(*m) if type(m) is list else m for m in made]
         return rows, datas, marks, stored, made
 
     def _receive(self) -> tuple[Any, ...]:
         try:
-            reply = self._conn.recv()
+            reply = marshal.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
             raise self._died() from None
         if isinstance(reply, str):
@@ -231,44 +261,69 @@ def _widen(fd: int) -> None:
 
 def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool,
            capture_rows: CaptureRows | None = None) -> None:
-    """The child process: answer (start, size) with that batch, inflated, until None."""
+    """The child process: answer (start, size) with that batch, inflated, until None.
+
+    Replies are marshalled, not pickled: plain lists, tuples, dicts, text and numbers, in
+    half pickle's time each way (a ClauseDelta goes as a list)."""
+    # It holds the documents' last clause lists (hundreds of thousands of objects, no
+    # reference cycles): the cyclic collector's passes over them doubled its time.
+    gc.disable()
     try:
         db = _connect(Path(path))
         select = _select(table)
         inflate = zlib_module()
         maker = _CaptureRowMaker(capture_rows) if capture_rows is not None else None
         while (request := requests.recv()) is not None:
-            rows = db.execute(select, request).fetchall()
-            if not rows:
-                conn.send(([], [], [], [], [], [], 0, None))
-                continue
-            rowids, originators, versions, topics, states = (list(c) for c in zip(*rows))
-            stored = 0
-            datas: list[bytes | None] = []
-            marks: list[int] = []
-            for state in states:
-                stored += len(state)
-                if compressed:
-                    try:
-                        state = inflate.decompress(state)
-                    except inflate.error:
-                        state = None  # the caller decodes it the usual way, and says why
-                datas.append(state)
-                marks.append(state.count(b'"_type_"') if state is not None else 0)
-            made = maker.make(rowids, originators, versions, topics, datas, marks) \
-                if maker is not None else None
-            conn.send((rowids, originators, versions, topics, datas, marks, stored, made))
+            generation, start, size, sizing = request
+            while True:
+                reply = _read(db, select, start, size, compressed, inflate, maker)
+                conn.send_bytes(marshal.dumps((generation, *reply)))
+                # On to the next batch while the views write this one (the pipe holds a few
+                # when they are slower), unless this was the end or they ask for another.
+                if sizing is None or len(reply[0]) < size or requests.poll():
+                    break
+                start = reply[0][-1] + 1
+                size = next_batch_size(sizing[0], len(reply[0]), reply[6], sizing[1])
     except (EOFError, BrokenPipeError):
         return
     except Exception as exc:  # reported to the parent, which raises it
         try:
-            conn.send(f"{type(exc).__name__}: {exc}")
+            conn.send_bytes(marshal.dumps(f"{type(exc).__name__}: {exc}"))
         except OSError:
             pass
 
 
+def _read(db: sqlite3.Connection, select: str, start: int, size: int, compressed: bool,
+          inflate: Any, maker: _CaptureRowMaker | None) -> tuple[Any, ...]:
+    """One batch, as the child sends it (see InflatingReader.take)."""
+    rows = db.execute(select, (start, size)).fetchall()
+    if not rows:
+        return [], [], [], [], [], [], 0, None
+    rowids, originators, versions, topics, states = (list(c) for c in zip(*rows))
+    stored = 0
+    datas: list[bytes | None] = []
+    for state in states:
+        stored += len(state)
+        if compressed:
+            try:
+                state = inflate.decompress(state)
+            except inflate.error:
+                state = None  # the caller decodes it the usual way, and says why
+        datas.append(state)
+    made = maker.make(rowids, originators, versions, topics, datas) if maker is not None \
+        else None
+    # Counted for what is sent as it is (the rest the maker has read for itself).
+    marks = [data.count(_MARK) if data is not None else 0 for data in datas]
+    return rowids, originators, versions, topics, datas, marks, stored, made
+
+
 class _CaptureRowMaker:
-    """In the child: cw_captures rows of plain captures (see InflatingReader)."""
+    """In the child: cw_captures rows of plain captures, and clause lists as ClauseDeltas
+    (see InflatingReader)."""
+
+    # Clauses of the documents' last lists held to compare the next ones with (~1 kB each
+    # decoded); the lists read longest ago are let go first, then sent whole again.
+    LISTS_KEPT = 250_000
 
     def __init__(self, spec: CaptureRows) -> None:
         try:
@@ -282,19 +337,23 @@ class _CaptureRowMaker:
         self.spec = spec
         self.slugs: dict[str, str] = {}  # originator id as stored -> slug
         self.uuids: dict[str, str] = {}  # originator id as stored -> as the views write it
+        # originator id as stored -> its last clause list (see _ListReading.of)
+        self.lists: dict[str, tuple[int, list[bytes], bytes]] = {}
+        self.listed = 0  # clauses in self.lists
         views = _connect(spec.views_path)
         self.drops = Drops(lambda sql, params: views.execute(sql, params).fetchall())
 
     def make(self, rowids: list[int], originators: list[str], versions: list[int],
-             topics: list[str], datas: list[bytes | None], marks: list[int]) -> list[Any]:
-        """A row for each plain capture (its state then dropped from `datas`), else None."""
+             topics: list[str], datas: list[bytes | None]) -> list[Any]:
+        """A row for each plain capture, a ClauseDelta (as a list) for each clause list
+        read against the last (their states then dropped from `datas`), else None."""
         spec = self.spec
         made: list[Any] = []
         for index, topic in enumerate(topics):
             row = None
             data = datas[index]
             if data is not None:
-                if topic == spec.captured_topic and marks[index] == 2:
+                if topic == spec.captured_topic:
                     row = self._capture(rowids[index], originators[index], versions[index],
                                         data)
                 elif topic == spec.registered_topic:
@@ -313,15 +372,28 @@ class _CaptureRowMaker:
             self.slugs[originator] = state["slug"]
 
     def _capture(self, seq: int, originator: str, version: int,
-                 data: bytes) -> tuple[Any, ...] | None:
+                 data: bytes) -> tuple[Any, ...] | list[Any] | None:
         slug = self.slugs.get(originator)
         if slug is None:
+            return None
+        # A clause list: a raw `"clauses":[` is that key (inside a JSON string, quotes are
+        # escaped). Its clauses are matched as stored (_ListReading); the rest is decoded.
+        opened = data.find(b'"clauses":[')
+        reading = None
+        if opened >= 0:
+            reading = _ListReading.of(self.loads, data, opened + 11,
+                                      self.lists.get(originator))
+            if reading is None:
+                return None
+            data = data[:opened + 10] + b"null" + data[reading.close + 1:]
+        # The two objects the text names must be its two times: nothing else is encoded
+        # (nor in the clauses decoded; those matched were read before).
+        if data.count(_MARK) != 2 or (reading is not None and reading.marked):
             return None
         try:
             e = self.loads(data)
         except ValueError:
             return None
-        # The two objects the text names must be its two times: nothing else is encoded.
         if (type(e) is not dict or e.get("class_version", 1) != self.spec.class_version
                 or e.get("clauses", 0) is not None or not _is_time(e.get("timestamp"))
                 or not _is_time(e.get("captured_at"))):
@@ -331,10 +403,123 @@ class _CaptureRowMaker:
         if uuid is None:
             uuid = self.uuids[originator] = str(UUID(originator))
         try:
-            return capture_row(seq, f"{uuid}:{version}", slug, e,
-                               self.drops.at(e["sha256"]))
+            row = capture_row(seq, f"{uuid}:{version}", slug, e, self.drops.at(e["sha256"]))
         except (KeyError, TypeError, ValueError):
             return None  # not shaped as a capture: the views say what is wrong
+        if reading is None:
+            return row
+        self._hold(originator, (seq, reading.chunks, reading.after))
+        if reading.base is None:
+            return None  # a first list: sent whole
+        return [row, reading.base, len(reading.chunks), reading.changed]  # a ClauseDelta
+
+    def _hold(self, originator: str, held: tuple[int, list[bytes], bytes]) -> None:
+        """Hold a document's last clause list, within LISTS_KEPT clauses in all."""
+        lists = self.lists
+        last = lists.pop(originator, None)
+        lists[originator] = held
+        self.listed += len(held[1]) - (len(last[1]) if last is not None else 0)
+        while self.listed > self.LISTS_KEPT and len(lists) > 1:
+            self.listed -= len(lists.pop(next(iter(lists)))[1])
+
+
+class _ListReading:
+    """A stored clause list read against the document's last one (held as (seq, each
+    clause's stored text, what followed the list)): `chunks`, its clauses as stored text;
+    `close`, where its `]` is; and, if read against the last list, `base` (that list's
+    seq) and `changed`, the decoded clauses that differ from it at the same position.
+
+    Each clause of the last list is matched where the clause at its position starts, and
+    only those that differ are decoded. The same bytes are the same JSON value, and a JSON
+    value ends where it ends: a clause's text that matches where a clause starts is that
+    clause. (Comparing the decoded clauses instead, and decoding them all, took four times
+    as long: the child's time is the rebuild's.)
+    """
+
+    __slots__ = ("after", "base", "changed", "chunks", "close", "marked")
+
+    def __init__(self, data: bytes, chunks: list[bytes], close: int, base: int | None,
+                 changed: list[tuple[int, Any]], marked: bool = False) -> None:
+        self.chunks, self.close, self.after = chunks, close, data[close:]
+        self.base, self.changed = base, changed
+        self.marked = marked  # a decoded clause names an encoded object (see _capture)
+
+    @classmethod
+    def of(cls, loads: Any, data: bytes, start: int,
+           last: tuple[int, list[bytes], bytes] | None) -> _ListReading | None:
+        """The list whose first clause starts at data[start]; None if it cannot be read
+        as a list of JSON objects."""
+        if last is None or not last[2].startswith(b"]") or not data.endswith(last[2]):
+            found = _objects(loads, data, start, None)
+            if found is None:
+                return None
+            return cls(data, [chunk for chunk, _ in found[0]], found[1], None, [])
+        seq, base, after = last
+        close = len(data) - len(after)  # where the list ends, if it ends as the last did
+        chunks: list[bytes] = []
+        changed: list[tuple[int, Any]] = []
+        marked = False
+        pos, known = start, len(base)
+        while pos < close:
+            index = len(chunks)
+            if index < known:
+                chunk = base[index]
+                end = pos + len(chunk)
+                if data.startswith(chunk, pos) and (end == close or data[end] == 44):  # ,
+                    chunks.append(chunk)
+                    pos = end + 1
+                    continue
+            found = _objects(loads, data, pos, close, one=True)
+            if found is None:
+                return None
+            (chunk, clause), = found[0]
+            chunks.append(chunk)
+            changed.append((index, clause))
+            marked = marked or _MARK in chunk
+            pos = found[1] + 1
+        if pos != close + 1 and not (pos == start == close):
+            return None
+        return cls(data, chunks, close, seq, changed, marked)
+
+
+def _objects(loads: Any, data: bytes, begin: int, end: int | None, *,
+             one: bool = False) -> tuple[list[tuple[bytes, Any]], int] | None:
+    """The JSON objects in data[begin:end], separated by commas, as (stored text, value),
+    and where the last ends (`end`); with end None, those up to the `]` that ends a list,
+    and where that is; with `one`, only the first, and where it ends. None if that is not
+    what is there."""
+    found: list[tuple[bytes, Any]] = []
+    size = len(data) if end is None else end
+    i = begin
+    if end is None and data[i:i + 1] == b"]":
+        return found, i
+    while True:
+        if data[i:i + 1] != b"{":
+            return None
+        # The object ends at a `}` followed by a comma (or the end): the first such `}`
+        # where the text from `i` is a whole JSON value.
+        j = data.find(b"}", i, size)
+        while True:
+            if j < 0:
+                return None
+            after = j + 1
+            last = data[after:after + 1] == b"]" if end is None else after == end
+            if last or data[after:after + 1] == b",":
+                try:
+                    value = loads(data[i:after])
+                except ValueError:
+                    pass
+                else:
+                    break
+            j = data.find(b"}", after, size)
+        found.append((data[i:after], value))
+        if last or one:
+            return found, after
+        i = after + 1
+
+
+# What the JSON transcoder writes for each object it encodes.
+_MARK = b'"_type_"'
 
 
 def _is_time(value: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +20,10 @@ from eventsourcing.utils import resolve_topic
 
 from daemon.sql import Database, Transaction
 from daemon.transcoder import FastJSONTranscoder
-from daemon.view_rows import Drops, capture_row, iso
+from daemon.view_rows import Drops, capture_row, iso, next_batch_size
 
 if TYPE_CHECKING:
-    from daemon.event_reader import CaptureRows, InflatingReader
+    from daemon.event_reader import CaptureRows, ClauseDelta, InflatingReader
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS cw_positions (
@@ -205,12 +205,25 @@ class _DocDelta:
                 self.sha, slug)
 
 
+class _Present(dict[str, tuple[Any, ...]]):
+    """A document's present clauses, as in cw_clauses: id -> (position, section, text, kind,
+    categories). `applied` is the seq and the clause ids of the clause list that made them,
+    while nothing else has touched them: a rebuild's reader sends a clause list as what
+    changed from that one (see ClauseDelta)."""
+
+    __slots__ = ("applied",)
+
+    def __init__(self, rows: Iterable[tuple[str, tuple[Any, ...]]] = ()) -> None:
+        super().__init__(rows)
+        self.applied: tuple[int, list[str]] | None = None
+
+
 class _Batch:
     """One transaction of catch-up: writes held back to be sent together, and what the
     batch has read. Nothing here outlives the transaction."""
 
     def __init__(self, tx: Transaction,
-                 present: dict[str, dict[str, tuple[Any, ...]]] | None = None) -> None:
+                 present: dict[str, _Present] | None = None) -> None:
         self.tx = tx
         self.captures: list[tuple[Any, ...]] = []
         self.changes: list[tuple[Any, ...]] = []
@@ -220,7 +233,7 @@ class _Batch:
         # Each document's present clauses, read at its first clause list in the batch (or
         # kept from the last batch, see Views._clauses): id -> (position, section, text,
         # kind, categories), as in cw_clauses.
-        self.present: dict[str, dict[str, tuple[Any, ...]]] = {} if present is None else present
+        self.present: dict[str, _Present] = {} if present is None else present
         self.drops = Drops(tx.rows)
 
     def flush_writes(self) -> None:
@@ -333,7 +346,7 @@ class Views:
         self._topics: dict[str, tuple[Handler | None, type]] = {}
         self._stored = _StoredStates.of(decode)
         # During a rebuild: the present clauses as of the position they were written at.
-        self._clauses: dict[str, dict[str, tuple[Any, ...]]] | None = None
+        self._clauses: dict[str, _Present] | None = None
         self._clauses_at = -1
         # During a rebuild: each document's last good capture so far (slug -> sha256).
         self._last_good: dict[str, str | None] | None = None
@@ -368,7 +381,7 @@ class Views:
             full = len(notifications) == size
             # Bounded memory: a batch of first captures carries hundreds of clauses each, so
             # the next batch is sized to about BATCH_BYTES of stored state.
-            size = max(1, min(limit, len(notifications) * BATCH_BYTES // max(stored, 1)))
+            size = next_batch_size(limit, len(notifications), stored, BATCH_BYTES)
             if full:
                 # Probably more to come: read the next batch while this one is written.
                 ahead.start(notifications[-1].id + 1, size)
@@ -430,13 +443,16 @@ class Views:
             self._clauses, self._clauses_at, self._last_good = {}, 0, {}
             reader = (self.inflating() if self.inflating is not None
                       and self._stored is not None else None)
-            if reader is not None and sqlite:
-                reader.rows = self._capture_rows()
+            limit = max(self.batch_size, REBUILD_BATCH_SIZE)
+            if reader is not None:
+                reader.sizing = (limit, BATCH_BYTES)
+                if sqlite:
+                    reader.rows = self._capture_rows()
             # The replay makes millions of short-lived dicts and tuples and no reference
             # cycles: the cyclic collector's passes over them were ~9 % of a rebuild's time.
             gc.disable()
             with self._lock, (reader or self._reader()) as ahead:
-                return self._catch_up(max(self.batch_size, REBUILD_BATCH_SIZE), ahead)
+                return self._catch_up(limit, ahead)
         finally:
             if collecting:
                 gc.enable()
@@ -484,10 +500,15 @@ class Views:
         stored = self._stored
         topics = self._topics
         for index, notification in enumerate(notifications):
-            if made is not None and made[index] is not None:
-                # A plain capture whose row the rebuild's reader made (see CaptureRows).
-                self._on_capture_row(batch, made[index])
-                continue
+            if made is not None and (row := made[index]) is not None:
+                if type(row) is tuple:
+                    # A plain capture whose row the rebuild's reader made (see CaptureRows).
+                    self._on_capture_row(batch, row)
+                    continue
+                if self._on_clause_delta(batch, notification.id, row):
+                    continue
+                # Its list as a change from one this consumer no longer holds: read it whole.
+                notification = self.read(notification.id, 1)[0]
             if stored is not None:
                 # Straight from the stored state to the fields, as Store.decode would give
                 # them; topics no handler reads are not decoded at all.
@@ -578,12 +599,36 @@ class Views:
 
     def _on_DocumentCaptured(self, batch: _Batch, seq: int, e: State) -> None:
         slug = self._slug(batch, e)
-        if e["clauses"] is not None:
+        clauses = e["clauses"]
+        if clauses is not None:
             # Before the document and capture rows move on: a removed clause was last seen
             # at the previous good capture.
-            self._replace_clauses(batch, slug, e, iso(e["captured_at"]))
+            self._replace_clauses(batch, slug, seq, [c["id"] for c in clauses],
+                                  enumerate(clauses), iso(e["captured_at"]), e["sha256"])
         self._on_capture_row(batch, capture_row(seq, self._event_id(e), slug, e,
                                                 batch.drops.at(e["sha256"])))
+
+    def _on_clause_delta(self, batch: _Batch, seq: int, delta: ClauseDelta) -> bool:
+        """A capture whose clause list the rebuild's reader sent as the clauses that differ
+        from the document's previous list; False, having done nothing, if this consumer no
+        longer holds the rows that list made."""
+        row = delta.row
+        slug = row[2]
+        present = self._present(batch, slug)
+        applied = present.applied
+        if applied is None or applied[0] != delta.base:
+            return False
+        ids = applied[1][:delta.length]
+        for position, clause in delta.changed:  # in order; past the old list's end too
+            if position < len(ids):
+                ids[position] = clause["id"]
+            else:
+                ids.append(clause["id"])
+        # Each clause not sent is the one at its position in the previous list, which
+        # made its row: the row needs nothing, as _replace_clauses would find.
+        self._replace_clauses(batch, slug, seq, ids, delta.changed, row[3], row[6])
+        self._on_capture_row(batch, row)
+        return True
 
     def _on_capture_row(self, batch: _Batch, row: tuple[Any, ...]) -> None:
         """A capture, as its cw_captures row (see capture_row): the row, the document's delta."""
@@ -612,20 +657,26 @@ class Views:
         delta.sha_set = True
         delta.sha = sha256
 
-    def _present(self, batch: _Batch, slug: str) -> dict[str, tuple[Any, ...]]:
+    def _present(self, batch: _Batch, slug: str) -> _Present:
         present = batch.present.get(slug)
         if present is None:
-            present = batch.present[slug] = {row[0]: tuple(row[1:]) for row in batch.tx.rows(
+            present = batch.present[slug] = _Present((row[0], tuple(row[1:])) for row in
+                                                     batch.tx.rows(
                 """SELECT id, position, section, text, kind, categories FROM cw_clauses
-                   WHERE document = ? AND status = 'present'""", (slug,))}
+                   WHERE document = ? AND status = 'present'""", (slug,)))
         return present
 
-    def _replace_clauses(self, batch: _Batch, slug: str, e: State, at: str | None) -> None:
+    def _replace_clauses(self, batch: _Batch, slug: str, seq: int, ids: list[str],
+                         clauses: Iterable[tuple[int, dict[str, Any]]], at: str | None,
+                         sha256: str) -> None:
+        """Make a document's present clauses those of a clause list: `ids` are the list's
+        clause ids in order, `clauses` its (position, clause) pairs (all of them, or those
+        that differ from the list `present.applied` names)."""
         tx = batch.tx
-        clauses = e["clauses"]
-        sha256 = e["sha256"]
         present = self._present(batch, slug)
-        gone = sorted(present.keys() - {c["id"] for c in clauses})
+        present.applied = None  # until the rows are as the list says
+        listed = set(ids)
+        gone = sorted(present.keys() - listed)
         # Category rows follow the clauses whose categories changed, appeared or went.
         relabel = list(gone)
         labels: list[tuple[str, list[dict[str, Any]]]] = []
@@ -653,7 +704,7 @@ class Views:
         inserts: list[tuple[Any, ...]] = []
         written: dict[str, tuple[Any, ...]] = {}  # what the rows hold afterwards
         record_no: int | None = None
-        for position, clause in enumerate(clauses):
+        for position, clause in clauses:
             clause_id = clause["id"]
             section = self._section(clause["section"])
             categories = _json_or_none(clause.get("categories"))
@@ -692,6 +743,8 @@ class Views:
             del batch.present[slug]
         else:
             present.update(written)
+            if len(listed) == len(ids):
+                present.applied = (seq, ids)
         _label(tx, slug, relabel, labels)
 
     def _on_ClauseChanged(self, batch: _Batch, seq: int, e: State) -> None:

@@ -30,6 +30,13 @@ def iso(moment: datetime | str | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def next_batch_size(limit: int, count: int, stored: int, budget: int) -> int:
+    """How many events the views read next, having read `count` events that stored
+    `stored` bytes: about `budget` bytes of stored state, at most `limit` events. (The
+    rebuild's reader reads ahead by the same rule.)"""
+    return max(1, min(limit, count * budget // max(stored, 1)))
+
+
 def capture_row(seq: int, event_id: str, slug: str, e: dict[str, Any],
                 dropped_at: str | None) -> tuple[Any, ...]:
     """The cw_captures row of a DocumentCaptured event whose fields are `e`; `dropped_at` is

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from harness import taxonomy_with_support
 from config.settings import DocumentSettings, StoreSettings
 from config.taxonomy import load_taxonomy
 from daemon import projections
-from daemon.event_reader import InflatingReader
+from daemon.event_reader import ClauseDelta, InflatingReader
 from daemon.fetcher import FetchResult
 from daemon.projections import NAME, VIEW_TABLES, Views, _StoredStates, iso
 from daemon.service import ClauseWatch
@@ -358,6 +359,9 @@ def test_the_child_makes_the_rows_of_plain_captures_as_the_views_do(
     store = service.store
     expected = {row["seq"]: tuple(row.values()) for row in
                 store.db.query("SELECT * FROM cw_captures")}
+    lists = {r.id: json.loads(zlib.decompress(r.state))["clauses"]
+             for r in store.read_stored(1, store.max_notification_id())
+             if r.topic.endswith("DocumentCaptured")}
     reader = store.inflating_reader()
     assert reader is not None
     reader.rows = service.views._capture_rows()
@@ -365,24 +369,101 @@ def test_the_child_makes_the_rows_of_plain_captures_as_the_views_do(
         events, datas, marks, _, made = reader.take(1, store.max_notification_id())
     assert made is not None and len(made) == len(events)
     kinds: dict[str, int] = {}
+    last: dict[Any, int] = {}  # document -> seq of its last clause list
     for event, data, row in zip(events, datas, made):
-        if row is not None:
+        event_type = event.topic.rsplit(".", 1)[-1]
+        if event_type == "DocumentCaptured" and lists[event.id] is not None:
+            base, last[event.originator_id] = last.get(event.originator_id), event.id
+        if isinstance(row, ClauseDelta):
+            assert data is None
+            assert row.row == expected[event.id]
+            # The document's previous list, with the clauses sent, is this one.
+            assert row.base == base
+            clauses = list(lists[base][:row.length])
+            for position, clause in row.changed:
+                clauses[position:position + 1] = [clause]
+            assert clauses == lists[event.id]
+            kinds["delta"] = kinds.get("delta", 0) + 1
+            if len(row.changed) < row.length:
+                kinds["partial"] = kinds.get("partial", 0) + 1
+        elif row is not None:
             assert data is None  # the state is not sent as well
             assert row == expected[event.id]
             kinds["made"] = kinds.get("made", 0) + 1
         else:
             assert data is not None
-            event_type = event.topic.rsplit(".", 1)[-1]
             if event_type == "DocumentCaptured":
-                assert json.loads(data)["clauses"] is not None  # a clause list: the views'
+                # A document's first clause list: sent whole, as the views decode it.
+                assert json.loads(data)["clauses"] is not None and base is None
             kinds[event_type] = kinds.get(event_type, 0) + 1
-    # Unchanged, suspect and evidence-dropped captures are made in the child; baselines and
-    # changes (clause lists), failures, registrations and clause changes are left as they were.
-    assert kinds["made"] > kinds["DocumentCaptured"] > 0
+    # Unchanged, suspect and evidence-dropped captures are made in the child; later clause
+    # lists come as changes; first ones, failures, registrations and clause changes are
+    # left as they were.
+    assert kinds["made"] > kinds["delta"] > kinds["DocumentCaptured"] > 0
+    assert kinds["partial"] > 0  # a few clauses of a list, not all of them
     assert {"CaptureFailed", "ClauseChanged", "DocumentRegistered"} <= set(kinds)
-    made_rows = [row for row in made if row is not None]
+    made_rows = [row for row in made if type(row) is tuple]
     assert {row[4] for row in made_rows} >= {"unchanged", "suspect"}
     assert any(row[13] for row in made_rows)  # bytes dropped by retention
+
+
+def test_a_rebuild_applies_clause_lists_sent_as_changes_or_reads_them_whole(
+        sqlite_service: ClauseWatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = sqlite_service
+    history(service, tmp_path)
+    expected = rows(service)
+    apply = Views._on_clause_delta
+    applied: list[bool] = []
+
+    def on_clause_delta(self: Views, batch: Any, seq: int, delta: ClauseDelta) -> bool:
+        applied.append(apply(self, batch, seq, delta))
+        return applied[-1]
+
+    monkeypatch.setattr(Views, "_on_clause_delta", on_clause_delta)
+    assert service.views.rebuild() == service.store.max_notification_id()
+    assert rows(service) == expected
+    # The reclassification in the history let go of what the views held: the next list
+    # of each document was read whole; the others were applied as sent.
+    assert True in applied and False in applied
+
+    # A consumer that holds nothing of what the lists were made from (its clauses let go
+    # after every batch) reads every one of them whole, to the same rows.
+    applied.clear()
+    monkeypatch.setattr(projections, "REBUILD_CLAUSES_KEPT", 0)
+    # Batches of 3 events: most lists come after the batch of the one before has ended.
+    monkeypatch.setattr(service.views, "batch_size", 3)
+    monkeypatch.setattr(projections, "REBUILD_BATCH_SIZE", 3)
+    assert service.views.rebuild() == service.store.max_notification_id()
+    assert rows(service) == expected
+    assert applied and not any(applied)
+
+
+def test_a_clause_list_the_child_did_not_read_is_not_the_base_of_the_next_one(
+        sqlite_service: ClauseWatch, tmp_path: Path) -> None:
+    service = sqlite_service
+    history(service, tmp_path)
+    expected = rows(service)
+    store = service.store
+    # A middle clause list of a document, stored as an older class version writes it: the
+    # views upcast it, the child leaves it to them (and so never holds it).
+    lists = [r for r in store.read_stored(1, store.max_notification_id())
+             if r.topic.endswith("DocumentCaptured")
+             and json.loads(zlib.decompress(r.state))["clauses"] is not None]
+    ours = [r for r in lists if r.originator_id == lists[0].originator_id]
+    assert len(ours) >= 3
+    middle = ours[len(ours) // 2]
+    state = json.loads(zlib.decompress(middle.state))
+    assert state["class_version"] == 2
+    state["class_version"] = 1
+    sqlite = sqlite3.connect(tmp_path / "events.db")  # the sqlite_service fixture's
+    with sqlite:
+        sqlite.execute("UPDATE stored_events SET state = ? WHERE rowid = ?",
+                       (zlib.compress(json.dumps(state).encode()), middle.id))
+    sqlite.close()
+    # The next list comes as a change from the one before the middle one: not from what
+    # the views hold, so they read it whole.
+    assert service.views.rebuild() == store.max_notification_id()
+    assert rows(service) == expected
 
 
 def test_the_inflating_reader_says_why_it_cannot_read(tmp_path: Path) -> None:

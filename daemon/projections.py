@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -458,7 +459,16 @@ class Views:
                 gc.enable()
             self._clauses, self._clauses_at, self._last_good = None, -1, None
             if sqlite:
-                self.db.executescript(schema(self.db.dialect))  # the deferred indexes
+                # While the deferred indexes are made, another connection copies what the
+                # replay wrote into the database file (SQLite lets both threads run): the
+                # last checkpoint then has only the indexes left to copy.
+                copying = threading.Thread(target=_checkpoint, args=(self.db.url,),
+                                           name="views-checkpoint", daemon=True)
+                copying.start()
+                try:
+                    self.db.executescript(schema(self.db.dialect))  # the deferred indexes
+                finally:
+                    copying.join()
                 for statement in restore:
                     self.db.query(statement)
                 self.db.query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -941,6 +951,19 @@ def _category_change(seq: int, slug: str, clause_id: str, at: str | None, cause:
         return None
     return (seq, clause_id, slug, at, cause, taxonomy_version, _json_or_none(before),
             _json_or_none(after), json.dumps(added), json.dumps(removed))
+
+
+def _checkpoint(url: str) -> None:
+    """Copy a SQLite database's write-ahead log into it as far as nothing needs it (a
+    passive checkpoint, on a connection of its own); errors are left to the next one."""
+    try:
+        conn = sqlite3.connect(url[len("sqlite:///"):], timeout=5)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass
 
 
 def _save_position(tx: Transaction, name: str, position: int) -> None:

@@ -131,12 +131,15 @@ class ClauseDelta(NamedTuple):
 class CaptureRows:
     """What the child needs to make the cw_captures rows of plain captures itself (see
     InflatingReader): the two event topics, the capture class's version, and the views'
-    database, for the evidence retention dropped (cw_evidence_dropped)."""
+    database, for the evidence retention dropped (cw_evidence_dropped). `leave`: the share
+    of plain captures it leaves to the views; None, as much as keeps both processes busy
+    (see _Balance)."""
 
     registered_topic: str
     captured_topic: str
     class_version: int
     views_path: Path
+    leave: float | None = None
 
 
 class InflatingReader:
@@ -152,7 +155,8 @@ class InflatingReader:
     Given `rows` (CaptureRows), the child also makes the cw_captures row of each capture
     that carries no clause list, no object but its two times, and the current class
     version (almost every event of a long log): `take` then gives that row instead of the
-    state, and the views only write it. A capture like it that carries a clause list comes
+    state, and the views only write it (all but a share it leaves to them, as they would
+    otherwise wait for it: see _Balance). A capture like it that carries a clause list comes
     as a ClauseDelta where the child holds the document's previous list: a new list is
     mostly the old one (two reworded clauses of hundreds, say), and sending it whole, then
     decoding and comparing each clause to its row, was the larger part of a rebuild's time.
@@ -167,6 +171,7 @@ class InflatingReader:
         # (limit, budget): where given, the child reads on past each full batch, sizing the
         # next by next_batch_size as the views will ask for it, until told otherwise.
         self.sizing: tuple[int, int] | None = None
+        self._balance: _Balance | None = None
         self._uuids = _Uuids()
         self._conn: Any = None
         self._process: Any = None
@@ -188,6 +193,8 @@ class InflatingReader:
         self._process.start()
         requests.close()
         replies.close()
+        if self.rows is not None and self.rows.leave is None:
+            self._balance = _Balance()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -219,10 +226,18 @@ class InflatingReader:
         """The rows, their inflated states, marker counts, stored size, and the capture
         rows made in the child (None, or None for an event it left to the views)."""
         self.start(start, size)
+        waited = not self._conn.poll()
         while True:
             generation, *reply = self._receive()
             if generation == self._generation:
                 break  # what came before was read for a request since replaced
+        if self._balance is not None:
+            leave = self._balance.leave
+            if self._balance.after(waited) != leave:
+                try:
+                    self._requests.send(self._balance.leave)
+                except OSError:
+                    raise self._died() from None
         rowids, originators, versions, topics, datas, marks, stored, made = reply
         self._coming = None
         if self.sizing is not None and len(rowids) == size:
@@ -273,15 +288,27 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool,
         select = _select(table)
         inflate = zlib_module()
         maker = _CaptureRowMaker(capture_rows) if capture_rows is not None else None
-        while (request := requests.recv()) is not None:
+        request = requests.recv()
+        while request is not None:
+            if type(request) is float:  # a share of the work to leave (see _Balance)
+                if maker is not None:
+                    maker.leave = request
+                request = requests.recv()
+                continue
             generation, start, size, sizing = request
             while True:
                 reply = _read(db, select, start, size, compressed, inflate, maker)
                 conn.send_bytes(marshal.dumps((generation, *reply)))
-                # On to the next batch while the views write this one (the pipe holds a few
-                # when they are slower), unless this was the end or they ask for another.
-                if sizing is None or len(reply[0]) < size or requests.poll():
+                # On to the next batch while the views write this one, unless this was the
+                # end or they ask for another.
+                if sizing is None or len(reply[0]) < size:
+                    request = requests.recv()
                     break
+                while requests.poll() and type(request := requests.recv()) is float:
+                    if maker is not None:
+                        maker.leave = request
+                if type(request) is not float:
+                    break  # another request, or None: the end
                 start = reply[0][-1] + 1
                 size = next_batch_size(sizing[0], len(reply[0]), reply[6], sizing[1])
     except (EOFError, BrokenPipeError):
@@ -291,6 +318,26 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool,
             conn.send_bytes(marshal.dumps(f"{type(exc).__name__}: {exc}"))
         except OSError:
             pass
+
+
+class _Balance:
+    """The share of plain captures the child leaves to the views, so that neither process
+    waits for the other (two cores: a rebuild goes as fast as the busier one allows). The
+    views tell by whether each batch had begun to come when they asked for it: if not,
+    the child is the slower, so it is left more work; if so, less."""
+
+    STEP = 0.05
+
+    def __init__(self) -> None:
+        self.leave = 0.0
+
+    def after(self, waited: bool) -> float:
+        """The share for the next batches, given whether the views waited for this one."""
+        if waited:
+            self.leave = min(1.0, self.leave + self.STEP)
+        else:
+            self.leave = max(0.0, self.leave - self.STEP)
+        return self.leave
 
 
 def _read(db: sqlite3.Connection, select: str, start: int, size: int, compressed: bool,
@@ -340,6 +387,8 @@ class _CaptureRowMaker:
         # originator id as stored -> its last clause list (see _ListReading.of)
         self.lists: dict[str, tuple[int, list[bytes], bytes]] = {}
         self.listed = 0  # clauses in self.lists
+        self.leave = spec.leave or 0.0  # the share of plain captures left to the views
+        self._credit = 0.0
         views = _connect(spec.views_path)
         self.drops = Drops(lambda sql, params: views.execute(sql, params).fetchall())
 
@@ -349,11 +398,18 @@ class _CaptureRowMaker:
         read against the last (their states then dropped from `datas`), else None."""
         spec = self.spec
         made: list[Any] = []
+        leave, credit = self.leave, self._credit
         for index, topic in enumerate(topics):
             row = None
             data = datas[index]
             if data is not None:
                 if topic == spec.captured_topic:
+                    if leave and b'"clauses":[' not in data:
+                        credit += leave
+                        if credit >= 1.0:
+                            credit -= 1.0
+                            made.append(None)  # the views decode it, as any other
+                            continue
                     row = self._capture(rowids[index], originators[index], versions[index],
                                         data)
                 elif topic == spec.registered_topic:
@@ -361,6 +417,7 @@ class _CaptureRowMaker:
             if row is not None:
                 datas[index] = None
             made.append(row)
+        self._credit = credit
         return made
 
     def _registered(self, originator: str, data: bytes) -> None:

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ from harness import taxonomy_with_support
 from config.settings import DocumentSettings, StoreSettings
 from config.taxonomy import load_taxonomy
 from daemon import projections
-from daemon.event_reader import ClauseDelta, InflatingReader
+from daemon.event_reader import ClauseDelta, InflatingReader, _Balance
 from daemon.fetcher import FetchResult
 from daemon.projections import NAME, VIEW_TABLES, Views, _StoredStates, iso
 from daemon.service import ClauseWatch
@@ -464,6 +465,45 @@ def test_a_clause_list_the_child_did_not_read_is_not_the_base_of_the_next_one(
     # the views hold, so they read it whole.
     assert service.views.rebuild() == store.max_notification_id()
     assert rows(service) == expected
+
+
+@pytest.mark.parametrize("leave", [1.0, 0.5])
+def test_plain_captures_the_child_leaves_to_the_views_give_the_same_rows(
+        sqlite_service: ClauseWatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        leave: float) -> None:
+    service = sqlite_service
+    history(service, tmp_path)
+    expected = rows(service)
+    store = service.store
+    spec = replace(service.views._capture_rows(), leave=leave)
+    reader = store.inflating_reader()
+    assert reader is not None
+    reader.rows = spec
+    with reader:
+        events, datas, _, _, made = reader.take(1, store.max_notification_id())
+    assert made is not None
+    stored = {r.id: json.loads(zlib.decompress(r.state))
+              for r in store.read_stored(1, store.max_notification_id())}
+    plain = [(row, data) for event, data, row in zip(events, datas, made)
+             if event.topic.endswith("DocumentCaptured") and stored[event.id]["clauses"] is None]
+    left = [data for row, data in plain if row is None]
+    # Left as they are (for the views to decode), or made: as many as asked.
+    assert len(left) == pytest.approx(len(plain) * leave, abs=1)
+    assert all(data is not None for data in left)
+    assert len(plain) > 10
+
+    monkeypatch.setattr(Views, "_capture_rows", lambda self: spec)
+    assert service.views.rebuild() == store.max_notification_id()
+    assert rows(service) == expected
+
+
+def test_the_share_left_to_the_views_follows_who_waits() -> None:
+    balance = _Balance()
+    shares = [balance.after(waited) for waited in (True,) * 30 + (False,) * 3]
+    assert shares[0] == pytest.approx(_Balance.STEP)
+    assert max(shares) == 1.0  # never more than all of them
+    assert shares[-1] == pytest.approx(1.0 - 3 * _Balance.STEP)
+    assert [balance.after(False) for _ in range(30)][-1] == 0.0
 
 
 def test_the_inflating_reader_says_why_it_cannot_read(tmp_path: Path) -> None:

@@ -304,11 +304,16 @@ def _serve(requests: Any, conn: Any, path: str, table: str, compressed: bool,
                 if sizing is None or len(reply[0]) < size:
                     request = requests.recv()
                     break
-                while requests.poll() and type(request := requests.recv()) is float:
-                    if maker is not None:
-                        maker.leave = request
-                if type(request) is not float:
-                    break  # another request, or None: the end
+                asked = False
+                while not asked and requests.poll():
+                    message = requests.recv()
+                    if type(message) is float:
+                        if maker is not None:
+                            maker.leave = message
+                    else:
+                        request, asked = message, True  # another request, or None: the end
+                if asked:
+                    break
                 start = reply[0][-1] + 1
                 size = next_batch_size(sizing[0], len(reply[0]), reply[6], sizing[1])
     except (EOFError, BrokenPipeError):

@@ -353,6 +353,37 @@ def test_the_inflating_reader_gives_what_the_store_holds(sqlite_service: ClauseW
                 reader.start(rows[-1].id + 1, 3)
 
 
+def test_the_inflating_reader_reads_on_as_the_views_will_ask(sqlite_service: ClauseWatch,
+                                                             tmp_path: Path) -> None:
+    service = sqlite_service
+    history(service, tmp_path)
+    store = service.store
+    last = store.max_notification_id()
+    reader = store.inflating_reader()
+    assert reader is not None
+    reader.sizing = (5, 2**30)  # batches of 5, whatever they hold
+    taken: list[int] = []
+    with reader:
+        start, size = 1, 3
+        while True:
+            rows, datas, *_ = reader.take(start, size)
+            if not rows:
+                break
+            assert [r.id for r in rows] == list(range(start, min(start + size, last + 1)))
+            assert datas == [zlib.decompress(r.state) for r in store.read_stored(start, size)]
+            taken += [r.id for r in rows]
+            start, size = rows[-1].id + 1, 5
+        # One request: every batch after the first came as the views asked for it.
+        assert reader._generation == 1
+        # Asked for another batch than the one coming: what came for the first is dropped.
+        rows, *_ = reader.take(2, 4)
+        assert [r.id for r in rows] == [2, 3, 4, 5]
+        rows, *_ = reader.take(6, 5)
+        assert [r.id for r in rows] == [6, 7, 8, 9, 10]
+        assert reader._generation == 2
+    assert taken == list(range(1, last + 1))
+
+
 def test_the_child_makes_the_rows_of_plain_captures_as_the_views_do(
         sqlite_service: ClauseWatch, tmp_path: Path) -> None:
     service = sqlite_service

@@ -373,8 +373,8 @@ class _CaptureRowMaker:
     """In the child: cw_captures rows of plain captures, and clause lists as ClauseDeltas
     (see InflatingReader)."""
 
-    # Clauses of the documents' last lists held to compare the next ones with (~1 kB each
-    # decoded); the lists read longest ago are let go first, then sent whole again.
+    # Clauses of the documents' last lists held to compare the next ones with (each as its
+    # stored text, ~0.4 kB); the lists read longest ago are let go first, then sent whole.
     LISTS_KEPT = 250_000
 
     def __init__(self, spec: CaptureRows) -> None:

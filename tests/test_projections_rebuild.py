@@ -329,14 +329,18 @@ def test_views_json_is_the_standard_librarys(value: Any) -> None:
     assert projections._json_or_none(value) == expected
 
 
-def test_the_inflating_reader_gives_what_the_store_holds(sqlite_service: ClauseWatch,
-                                                        tmp_path: Path) -> None:
-    service = sqlite_service
+def _history_reader(service: ClauseWatch, tmp_path: Path) -> tuple[Any, int, InflatingReader]:
+    """The store after history(), its last event's id, and a reader of it."""
     history(service, tmp_path)
     store = service.store
-    last = store.max_notification_id()
     reader = store.inflating_reader()
     assert reader is not None
+    return store, store.max_notification_id(), reader
+
+
+def test_the_inflating_reader_gives_what_the_store_holds(sqlite_service: ClauseWatch,
+                                                        tmp_path: Path) -> None:
+    store, last, reader = _history_reader(sqlite_service, tmp_path)
     with reader:
         reader.start(1, 7)
         for start, size in ((1, 7), (8, 3), (11, last), (5, 2), (last + 1, 10)):
@@ -355,12 +359,7 @@ def test_the_inflating_reader_gives_what_the_store_holds(sqlite_service: ClauseW
 
 def test_the_inflating_reader_reads_on_as_the_views_will_ask(sqlite_service: ClauseWatch,
                                                              tmp_path: Path) -> None:
-    service = sqlite_service
-    history(service, tmp_path)
-    store = service.store
-    last = store.max_notification_id()
-    reader = store.inflating_reader()
-    assert reader is not None
+    store, last, reader = _history_reader(sqlite_service, tmp_path)
     reader.sizing = (5, 2**30)  # batches of 5, whatever they hold
     taken: list[int] = []
     with reader:
@@ -398,7 +397,7 @@ def test_the_child_makes_the_rows_of_plain_captures_as_the_views_do(
     assert reader is not None
     reader.rows = service.views._capture_rows()
     with reader:
-        events, datas, marks, _, made = reader.take(1, store.max_notification_id())
+        events, datas, _, _, made = reader.take(1, store.max_notification_id())
     assert made is not None and len(made) == len(events)
     kinds: dict[str, int] = {}
     last: dict[Any, int] = {}  # document -> seq of its last clause list

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,7 +172,8 @@ REBUILD_SQLITE_CACHE_KIB = 65_536
 # sort of a full table beats keeping a random-order index up to date row by row. (Were the
 # rebuild killed midway, opening the views creates them again: SCHEMA says IF NOT EXISTS.)
 # cw_captures_document is read by one handler, for a removed clause's last good capture: a
-# rebuild knows that from the captures it has replayed (Views._last_good).
+# rebuild knows that from the captures it has replayed (Views._last_good). Made in this
+# order, the biggest first (see Views.rebuild).
 REBUILD_DEFERRED_INDEXES = ("cw_captures_sha", "cw_captures_document", "cw_changes_clause",
                             "cw_changes_time", "cw_clause_categories_category",
                             "cw_category_changes_clause")
@@ -418,56 +420,66 @@ class Views:
         collecting = gc.isenabled()
         restore: list[str] = []
         try:
-            if sqlite:
-                restore = [f"PRAGMA {name} = {int(self.db.scalar(f'PRAGMA {name}'))}"
-                           for name in ("cache_size", "wal_autocheckpoint", "secure_delete")]
-                self.db.query(f"PRAGMA cache_size = -{REBUILD_SQLITE_CACHE_KIB}")
-                # One checkpoint at the end rather than one per batch, each copying (and
-                # syncing) pages the next batch writes again.
-                self.db.query("PRAGMA wal_autocheckpoint = 0")
-                # Debian's SQLite overwrites deleted content with zeros: emptying the views of
-                # a million captures took ~2 s of writing. (They hold what public pages said.)
-                self.db.query("PRAGMA secure_delete = OFF")
-            with self._lock, self.db.transaction() as tx:
-                for table in VIEW_TABLES:
-                    # SQLite: made anew (faster than deleting every row, and an older
-                    # install's tables take today's shape); in one transaction, so a reader
-                    # sees the old rows or the empty tables, never no table.
-                    tx.execute(f"DROP TABLE {table}" if sqlite else f"DELETE FROM {table}")
+            with ExitStack() as stack:
+                # The reader's process starts, and reads the first batch, while the views are
+                # emptied (the evidence tables it reads are kept).
+                reader = (self.inflating() if self.inflating is not None
+                          and self._stored is not None else None)
+                limit = max(self.batch_size, REBUILD_BATCH_SIZE)
+                if reader is not None:
+                    reader.sizing = (limit, BATCH_BYTES)
+                    if sqlite:
+                        reader.rows = self._capture_rows()
+                    stack.enter_context(reader).start(1, min(limit, FIRST_READ))
                 if sqlite:
-                    for statement in schema(self.db.dialect):
-                        tx.execute(statement)
-                tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
-            if sqlite:
-                self.db.executescript([f"DROP INDEX IF EXISTS {name}"
-                                       for name in REBUILD_DEFERRED_INDEXES])
-            self._clauses, self._clauses_at, self._last_good = {}, 0, {}
-            reader = (self.inflating() if self.inflating is not None
-                      and self._stored is not None else None)
-            limit = max(self.batch_size, REBUILD_BATCH_SIZE)
-            if reader is not None:
-                reader.sizing = (limit, BATCH_BYTES)
+                    restore = [f"PRAGMA {name} = {int(self.db.scalar(f'PRAGMA {name}'))}"
+                               for name in ("cache_size", "wal_autocheckpoint", "secure_delete")]
+                    self.db.query(f"PRAGMA cache_size = -{REBUILD_SQLITE_CACHE_KIB}")
+                    # One checkpoint at the end rather than one per batch, each copying (and
+                    # syncing) pages the next batch writes again.
+                    self.db.query("PRAGMA wal_autocheckpoint = 0")
+                    # Debian's SQLite overwrites deleted content with zeros: emptying the views of
+                    # a million captures took ~2 s of writing. (They hold what public pages said.)
+                    self.db.query("PRAGMA secure_delete = OFF")
+                with self._lock, self.db.transaction() as tx:
+                    for table in VIEW_TABLES:
+                        # SQLite: made anew (faster than deleting every row, and an older
+                        # install's tables take today's shape); in one transaction, so a reader
+                        # sees the old rows or the empty tables, never no table.
+                        tx.execute(f"DROP TABLE {table}" if sqlite else f"DELETE FROM {table}")
+                    if sqlite:
+                        for statement in schema(self.db.dialect):
+                            tx.execute(statement)
+                    tx.execute("UPDATE cw_positions SET position = 0 WHERE name = ?", (NAME,))
                 if sqlite:
-                    reader.rows = self._capture_rows()
-            # The replay makes millions of short-lived dicts and tuples and no reference
-            # cycles: the cyclic collector's passes over them were ~9 % of a rebuild's time.
-            gc.disable()
-            with self._lock, (reader or self._reader()) as ahead:
-                return self._catch_up(limit, ahead)
+                    self.db.executescript([f"DROP INDEX IF EXISTS {name}"
+                                           for name in REBUILD_DEFERRED_INDEXES])
+                self._clauses, self._clauses_at, self._last_good = {}, 0, {}
+                # The replay makes millions of short-lived dicts and tuples and no reference
+                # cycles: the cyclic collector's passes over them were ~9 % of a rebuild's time.
+                gc.disable()
+                ahead = reader or stack.enter_context(self._reader())
+                with self._lock:
+                    return self._catch_up(limit, ahead)
         finally:
             if collecting:
                 gc.enable()
             self._clauses, self._clauses_at, self._last_good = None, -1, None
             if sqlite:
-                # While the deferred indexes are made, another connection copies what the
-                # replay wrote into the database file (SQLite lets both threads run): the
-                # last checkpoint then has only the indexes left to copy.
-                copying = threading.Thread(target=_checkpoint, args=(self.db.url,),
+                # While the deferred indexes are made, each in a transaction of its own,
+                # another connection copies what was committed into the database file
+                # (SQLite lets both threads run): the last checkpoint has little left.
+                made = threading.Event()
+                copying = threading.Thread(target=_checkpoint, args=(self.db.url, made),
                                            name="views-checkpoint", daemon=True)
                 copying.start()
                 try:
-                    self.db.executescript(schema(self.db.dialect))  # the deferred indexes
+                    # The deferred indexes, biggest first (REBUILD_DEFERRED_INDEXES' order):
+                    # each one's pages are copied while the next ones are made.
+                    for statement in sorted(schema(self.db.dialect), key=_deferred_order):
+                        self.db.execute(statement)
                 finally:
+                    made.set()
                     copying.join()
                 for statement in restore:
                     self.db.query(statement)
@@ -953,13 +965,26 @@ def _category_change(seq: int, slug: str, clause_id: str, at: str | None, cause:
             _json_or_none(after), json.dumps(added), json.dumps(removed))
 
 
-def _checkpoint(url: str) -> None:
-    """Copy a SQLite database's write-ahead log into it as far as nothing needs it (a
-    passive checkpoint, on a connection of its own); errors are left to the next one."""
+def _deferred_order(statement: str) -> int:
+    """Where a schema statement comes when a rebuild makes the deferred indexes: in the
+    order of REBUILD_DEFERRED_INDEXES, then the others (which change nothing by then)."""
+    for order, name in enumerate(REBUILD_DEFERRED_INDEXES):
+        if f" {name} ON " in statement:
+            return order
+    return len(REBUILD_DEFERRED_INDEXES)
+
+
+def _checkpoint(url: str, done: threading.Event) -> None:
+    """Copy a SQLite database's write-ahead log into it as far as nothing needs it (passive
+    checkpoints, on a connection of its own), again and again until `done`; errors are
+    left to the next checkpoint."""
     try:
         conn = sqlite3.connect(url[len("sqlite:///"):], timeout=5)
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            while True:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if done.wait(0.05):
+                    break
         finally:
             conn.close()
     except sqlite3.Error:

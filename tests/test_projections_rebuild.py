@@ -287,6 +287,15 @@ def test_a_sqlite_rebuild_writes_without_the_indexes_no_handler_reads_then_makes
     assert rows(service) == expected
 
 
+def test_a_sqlite_rebuild_makes_the_deferred_indexes_first_biggest_first() -> None:
+    statements = projections.schema("sqlite")
+    ordered = sorted(statements, key=projections._deferred_order)
+    deferred = projections.REBUILD_DEFERRED_INDEXES
+    assert sorted(ordered) == sorted(statements)
+    assert [s.split(" ON ")[0].split()[-1] for s in ordered[:len(deferred)]] == list(deferred)
+    assert deferred[:2] == ("cw_captures_sha", "cw_captures_document")  # a row per capture
+
+
 def test_a_sqlite_rebuild_gives_older_tables_rowid_sequence_numbers(
         sqlite_service: ClauseWatch, tmp_path: Path) -> None:
     service = sqlite_service

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from daemon.view_rows import Drops, capture_row, next_batch_size
+from daemon.view_rows import MARK, Drops, next_batch_size, plain_capture_row
 
 
 def zlib_module() -> Any:
@@ -365,7 +365,7 @@ def _read(db: sqlite3.Connection, select: str, start: int, size: int, compressed
     made = maker.make(rowids, originators, versions, topics, datas) if maker is not None \
         else None
     # Counted for what is sent as it is (the rest the maker has read for itself).
-    marks = [data.count(_MARK) if data is not None else 0 for data in datas]
+    marks = [data.count(MARK) if data is not None else 0 for data in datas]
     return rowids, originators, versions, topics, datas, marks, stored, made
 
 
@@ -447,28 +447,19 @@ class _CaptureRowMaker:
                                       self.lists.get(originator))
             if reading is None:
                 return None
+            if reading.marked:  # a clause decoded names an encoded object
+                return None
             data = data[:opened + 10] + b"null" + data[reading.close + 1:]
-        # The two objects the text names must be its two times: nothing else is encoded
-        # (nor in the clauses decoded; those matched were read before).
-        if data.count(_MARK) != 2 or (reading is not None and reading.marked):
-            return None
-        try:
-            e = self.loads(data)
-        except ValueError:
-            return None
-        if (type(e) is not dict or e.get("class_version", 1) != self.spec.class_version
-                or e.get("clauses", 0) is not None or not _is_time(e.get("timestamp"))
-                or not _is_time(e.get("captured_at"))):
-            return None
-        e["captured_at"] = e["captured_at"]["_data_"]
-        uuid = self.uuids.get(originator)
-        if uuid is None:
-            uuid = self.uuids[originator] = str(UUID(originator))
-        try:
-            row = capture_row(seq, f"{uuid}:{version}", slug, e, self.drops.at(e["sha256"]))
-        except (KeyError, TypeError, ValueError):
-            return None  # not shaped as a capture: the views say what is wrong
-        if reading is None:
+
+        def event_id() -> str:
+            uuid = self.uuids.get(originator)
+            if uuid is None:
+                uuid = self.uuids[originator] = str(UUID(originator))
+            return f"{uuid}:{version}"
+
+        row = plain_capture_row(self.loads, data, seq, event_id, slug, self.spec.class_version,
+                                self.drops)
+        if row is None or reading is None:
             return row
         self._hold(originator, (seq, reading.chunks, reading.after))
         if reading.base is None:
@@ -537,7 +528,7 @@ class _ListReading:
             (chunk, clause), = found[0]
             chunks.append(chunk)
             changed.append((index, clause))
-            marked = marked or _MARK in chunk
+            marked = marked or MARK in chunk
             pos = found[1] + 1
         if pos != close + 1 and not (pos == start == close):
             return None
@@ -580,10 +571,3 @@ def _objects(loads: Any, data: bytes, begin: int, end: int | None, *,
         i = after + 1
 
 
-# What the JSON transcoder writes for each object it encodes.
-_MARK = b'"_type_"'
-
-
-def _is_time(value: Any) -> bool:
-    return (type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso"
-            and type(value.get("_data_")) is str)

@@ -22,7 +22,7 @@ from eventsourcing.utils import resolve_topic
 
 from daemon.sql import Database, Transaction
 from daemon.transcoder import FastJSONTranscoder
-from daemon.view_rows import Drops, capture_row, iso, next_batch_size
+from daemon.view_rows import Drops, capture_row, iso, next_batch_size, plain_capture_row
 
 if TYPE_CHECKING:
     from daemon.event_reader import CaptureRows, ClauseDelta, InflatingReader
@@ -353,6 +353,9 @@ class Views:
         self._clauses_at = -1
         # During a rebuild: each document's last good capture so far (slug -> sha256).
         self._last_good: dict[str, str | None] | None = None
+        # During a rebuild through the reader process: the capture topic and class version
+        # of the plain captures it may leave to the views (see _plain_row).
+        self._plain: tuple[str, int] | None = None
         db.executescript(schema(db.dialect))
         db.execute("INSERT INTO cw_positions (name, position) VALUES (?, 0) "
                    "ON CONFLICT (name) DO NOTHING", (NAME,))
@@ -430,6 +433,7 @@ class Views:
                     reader.sizing = (limit, BATCH_BYTES)
                     if sqlite:
                         reader.rows = self._capture_rows()
+                        self._plain = (reader.rows.captured_topic, reader.rows.class_version)
                     stack.enter_context(reader).start(1, min(limit, FIRST_READ))
                 if sqlite:
                     restore = [f"PRAGMA {name} = {int(self.db.scalar(f'PRAGMA {name}'))}"
@@ -465,6 +469,7 @@ class Views:
             if collecting:
                 gc.enable()
             self._clauses, self._clauses_at, self._last_good = None, -1, None
+            self._plain = None
             if sqlite:
                 # While the deferred indexes are made, each in a transaction of its own,
                 # another connection copies what was committed into the database file
@@ -521,8 +526,16 @@ class Views:
                       made: Sequence[Any] | None = None) -> None:
         stored = self._stored
         topics = self._topics
+        plain = self._plain
         for index, notification in enumerate(notifications):
-            if made is not None and (row := made[index]) is not None:
+            if made is not None:
+                row = made[index]
+                data = datas[index] if datas is not None else None
+                if (row is None and plain is not None and data is not None
+                        and notification.topic == plain[0]):
+                    # Left by the reader (see _Balance): made here as it makes them.
+                    row = self._plain_row(batch, notification, data, plain[1])
+            if made is not None and row is not None:
                 if type(row) is tuple:
                     # A plain capture whose row the rebuild's reader made (see CaptureRows).
                     self._on_capture_row(batch, row)
@@ -581,13 +594,29 @@ class Views:
 
     def _event_id(self, e: State) -> str:
         """A stable id for an event: its aggregate and version."""
-        originator = e["originator_id"]
+        return self._event_id_of(e["originator_id"], e["originator_version"])
+
+    def _event_id_of(self, originator: Any, version: int) -> str:
         prefix = self._event_ids.get(originator)
         if prefix is None:
             if len(self._event_ids) > 100_000:
                 self._event_ids.clear()
             prefix = self._event_ids[originator] = f"{originator}:"
-        return f"{prefix}{e['originator_version']}"
+        return f"{prefix}{version}"
+
+    def _plain_row(self, batch: _Batch, notification: Any, data: bytes,
+                   class_version: int) -> tuple[Any, ...] | None:
+        """The row of a plain capture the rebuild's reader left as it was stored, made as
+        the reader makes it (plain_capture_row); None if it is not one, or its document
+        is not known yet: it is then decoded the usual way."""
+        slug = self._slugs.get(notification.originator_id)
+        if slug is None:
+            return None
+        return plain_capture_row(
+            orjson.loads, data, notification.id,
+            lambda: self._event_id_of(notification.originator_id,
+                                      notification.originator_version),
+            slug, class_version, batch.drops)
 
     def _section(self, section: Sequence[str]) -> str:
         key = tuple(section)

@@ -47,6 +47,39 @@ def capture_row(seq: int, event_id: str, slug: str, e: dict[str, Any],
             1 if dropped_at is not None and at is not None and dropped_at > at else 0)
 
 
+# What the JSON transcoder writes for each object it encodes.
+MARK = b'"_type_"'
+
+
+def plain_capture_row(loads: Callable[[bytes], Any], data: bytes, seq: int,
+                      event_id: Callable[[], str], slug: str, class_version: int,
+                      drops: Drops) -> tuple[Any, ...] | None:
+    """The cw_captures row of a DocumentCaptured stored as `data` (JSON), made from the
+    plain JSON values (`loads`): only for a capture of this class version that carries no
+    clause list and encodes no object but its two times (almost every event of a long
+    log); None for any other, which the views decode the usual way."""
+    if data.count(MARK) != 2:
+        return None
+    try:
+        e = loads(data)
+    except ValueError:
+        return None
+    if (type(e) is not dict or e.get("class_version", 1) != class_version
+            or e.get("clauses", 0) is not None or not _is_time(e.get("timestamp"))
+            or not _is_time(e.get("captured_at"))):
+        return None
+    e["captured_at"] = e["captured_at"]["_data_"]
+    try:
+        return capture_row(seq, event_id(), slug, e, drops.at(e["sha256"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # not shaped as a capture: the views say what is wrong
+
+
+def _is_time(value: Any) -> bool:
+    return (type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso"
+            and type(value.get("_data_")) is str)
+
+
 class Drops:
     """When retention dropped the bytes of a hash (cw_evidence_dropped), if it did: the whole
     table read at the first question when it is small, else each hash looked up once.

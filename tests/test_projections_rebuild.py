@@ -532,8 +532,18 @@ def test_plain_captures_the_child_leaves_to_the_views_give_the_same_rows(
     assert len(plain) > 10
 
     monkeypatch.setattr(Views, "_capture_rows", lambda self: spec)
+    plain_row = Views._plain_row
+    made_here: list[Any] = []
+
+    def counted(self: Views, *args: Any) -> Any:
+        made_here.append(plain_row(self, *args))
+        return made_here[-1]
+
+    monkeypatch.setattr(Views, "_plain_row", counted)
     assert service.views.rebuild() == store.max_notification_id()
     assert rows(service) == expected
+    # The views made the rows of those left, as the child would have.
+    assert sum(row is not None for row in made_here) == len(left)
 
 
 def test_the_share_left_to_the_views_follows_who_waits() -> None:

@@ -413,7 +413,7 @@ class _CaptureRowMaker:
                         credit += leave
                         if credit >= 1.0:
                             credit -= 1.0
-                            made.append(None)  # the views decode it, as any other
+                            made.append(None)  # left to the views (see _Balance)
                             continue
                     row = self._capture(rowids[index], originators[index], versions[index],
                                         data)

@@ -22,7 +22,7 @@ from eventsourcing.utils import resolve_topic
 
 from daemon.sql import Database, Transaction
 from daemon.transcoder import FastJSONTranscoder
-from daemon.view_rows import Drops, capture_row, iso, next_batch_size, plain_capture_row
+from daemon.view_rows import MARK, Drops, capture_row, iso, next_batch_size, plain_capture_row
 
 if TYPE_CHECKING:
     from daemon.event_reader import CaptureRows, ClauseDelta, InflatingReader
@@ -535,15 +535,16 @@ class Views:
                         and notification.topic == plain[0]):
                     # Left by the reader (see _Balance): made here as it makes them.
                     row = self._plain_row(batch, notification, data, plain[1])
-            if made is not None and row is not None:
                 if type(row) is tuple:
                     # A plain capture whose row the rebuild's reader made (see CaptureRows).
                     self._on_capture_row(batch, row)
                     continue
-                if self._on_clause_delta(batch, notification.id, row):
-                    continue
-                # Its list as a change from one this consumer no longer holds: read it whole.
-                notification = self.read(notification.id, 1)[0]
+                if row is not None:
+                    if self._on_clause_delta(batch, notification.id, row):
+                        continue
+                    # Its list as a change from one this consumer no longer holds: read it
+                    # whole.
+                    notification = self.read(notification.id, 1)[0]
             if stored is not None:
                 # Straight from the stored state to the fields, as Store.decode would give
                 # them; topics no handler reads are not decoded at all.
@@ -885,7 +886,7 @@ class _StoredStates:
 
     def state(self, notification: Any, cls: type, data: bytes | None,
               marked: int | None = None) -> State | None:
-        """The event's fields; `marked`, if known, is `data.count(b'"_type_"')`."""
+        """The event's fields; `marked`, if known, is `data.count(MARK)`."""
         if data is None:
             return None
         try:
@@ -899,7 +900,7 @@ class _StoredStates:
         # Objects the transcoder encoded: {"_type_": name, "_data_": ...}. Only those at the
         # top are decoded here; if the text names more, they are nested: decode it fully.
         if marked is None:
-            marked = data.count(b'"_type_"')
+            marked = data.count(MARK)
         if marked:
             names = self.names
             for key, value in state.items():

@@ -11,6 +11,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
+from eventsourcing.persistence import IntegrityError
 
 from config.settings import DocumentSettings, FetchSettings
 from daemon.fetcher import Fetcher, FetchError, FetchResult
@@ -56,7 +57,7 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
         if metrics is not None:
             _count_fetch(metrics, result)
         try:
-            outcome = await in_thread(service.record_fetch, doc, result)
+            outcome = await _record_fetch(service, doc, result, in_thread)
         except DomainError as exc:
             # A page we cannot read (unsupported type, unusable selector): a failed capture.
             outcome = await in_thread(service.record_failure, doc, kind="unreadable",
@@ -70,6 +71,22 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
             metrics.append_duration.observe(outcome.append_seconds)
     log.info(outcome.describe(), extra={"document": doc.id, "outcome": outcome.outcome})
     return outcome
+
+
+async def _record_fetch(service: ClauseWatch, doc: DocumentSettings, result: FetchResult,
+                        in_thread: Callable[..., Awaitable[CheckOutcome]]) -> CheckOutcome:
+    """service.record_fetch, in a thread; but a 304 that the document's head in memory is
+    enough for is recorded from here, its save handed to the group commit: most polls of a
+    pass are 304s, and a thread hop each cost more than deciding one (~0.1 ms of the GIL)."""
+    handed = service.hand_in_not_modified(doc, result)
+    if handed is None:
+        return await in_thread(service.record_fetch, doc, result)
+    try:
+        await asyncio.wrap_future(handed.saved)
+    except IntegrityError:
+        # The head was stale (another replica appended): from the whole aggregate instead.
+        return await in_thread(service.record_fetch, doc, result)
+    return handed.outcome()
 
 
 def _in_thread(executor: Executor | None, fn: Callable[..., T], *args: Any,

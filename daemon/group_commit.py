@@ -3,15 +3,17 @@
 Appending is serial (one SQLite writer; one row lock per document on PostgreSQL) and most of
 its cost is the commit itself. A poll hands its aggregate to `GroupCommit.save` and waits; the
 first waiting poll becomes the leader and saves everything handed in meanwhile in one
-transaction, then the next batch, until none is left. If the store refuses a batch (one
-document's head was stale: another replica appended first), each aggregate of it is saved
-alone so that only the stale one fails, with its own error.
+transaction, then the next batch, until none is left. A poll on the event loop hands its
+aggregate in with `hand_in` and awaits the future instead: if no save is leading, the group
+commit's own thread leads. If the store refuses a batch (one document's head was stale:
+another replica appended first), each aggregate of it is saved alone so that only the stale
+one fails, with its own error.
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from daemon.store import ClauseWatchApp
@@ -30,6 +32,7 @@ class GroupCommit:
         self._leading = False
         self.batches = 0  # transactions made, for tests and the benchmark
         self.saved = 0
+        self._leader: ThreadPoolExecutor | None = None  # leads for `hand_in`, made at need
 
     def save(self, aggregate: Any) -> None:
         """Save the aggregate's pending events; returns once they are committed, raises what
@@ -43,6 +46,35 @@ class GroupCommit:
             self._lead()
         done.result()
 
+    def hand_in(self, aggregate: Any) -> Future[None]:
+        """Hand in the aggregate's pending events without waiting (callable on the event
+        loop): the future is done once they are committed, or holds what saving it alone
+        raised. Cancelled before a batch takes it, it is not saved.
+
+        If no save is leading, the group commit's own thread leads, never a thread of the
+        caller's pool: all of those may be polls waiting in `save` for this very batch.
+        """
+        done: Future[None] = Future()
+        with self._lock:
+            self._pending.append((aggregate, done))
+            lead = not self._leading
+            self._leading = True
+            if lead and self._leader is None:
+                self._leader = ThreadPoolExecutor(max_workers=1,
+                                                  thread_name_prefix="group-commit")
+            leader = self._leader
+        if lead:
+            assert leader is not None
+            leader.submit(self._lead)
+        return done
+
+    def close(self) -> None:
+        """Wait for what was handed in to be saved; stop the group commit's thread."""
+        with self._lock:
+            leader, self._leader = self._leader, None
+        if leader is not None:
+            leader.shutdown(wait=True)
+
     def _lead(self) -> None:
         while True:
             with self._lock:
@@ -51,6 +83,11 @@ class GroupCommit:
                 if not batch:
                     self._leading = False
                     return
+            # A poll cancelled while its aggregate waited gives it up; once taken, it stays.
+            batch = [(aggregate, done) for aggregate, done in batch
+                     if done.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             try:
                 errors = self.app.save_many([aggregate for aggregate, _ in batch])
             except BaseException as exc:  # never leave a follower waiting

@@ -9,7 +9,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -239,11 +240,7 @@ class ClauseWatch:
 
         def decide(aggregate: Document) -> CaptureResult:
             if facts is None:
-                if aggregate.last_sha256 is None:
-                    raise DomainError(f"{doc.id}: a 304 answered a request without validators")
-                return aggregate.record_not_modified(
-                    captured_at=result.fetched_at, requested_url=result.requested_url,
-                    final_url=result.final_url)
+                return _not_modified(doc, result, aggregate)
             # Same bytes as last time: nothing to extract or compare (the bytes are stored).
             if facts.sha256 == aggregate.last_sha256 and aggregate.last_outcome is not None:
                 self.store.evidence.put(result.body, sha256=facts.sha256)
@@ -286,6 +283,53 @@ class ClauseWatch:
         return _outcome(doc.id, capture, aggregate.last_sha256, aggregate.clause_count,
                         append_seconds)
 
+    def hand_in_not_modified(self, doc: DocumentSettings, result: FetchResult
+                             ) -> HandedIn | None:
+        """A 304 recorded without a thread of its own: decided on the document's head in
+        memory and handed to the group commit (never blocks: callable on the event loop).
+
+        None when this poll must call `record_fetch` in a thread instead: not a 304, no head
+        in memory, a save due for a snapshot (made from the whole aggregate), another poll of
+        the document recording, or the views caught up after each save. Its `saved`
+        fails with what saving raised: IntegrityError if the head was stale (`record_fetch`
+        then finds so again and loads the aggregate).
+        """
+        if not result.not_modified or self.catch_up_after_save:
+            return None
+        head = self.heads.peek(doc.id)
+        if head is None or not (head["version"] + 1) % self.app.SNAPSHOT_EVERY:
+            return None
+        with self._locks_guard:
+            if doc.id in self._loaded:  # validators() loaded the aggregate for this poll
+                return None
+        lock = self._lock(doc.id)
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            aggregate = Document.from_head(head)
+        except (KeyError, ValueError, TypeError):  # written by another release: in a thread
+            lock.release()
+            return None
+        try:
+            capture = _not_modified(doc, result, aggregate)
+        except BaseException:
+            lock.release()
+            raise
+        handed = HandedIn(document_id=doc.id, aggregate=aggregate, capture=capture,
+                          saved=self.commits.hand_in(aggregate))
+
+        def settle(saved: Future[None]) -> None:
+            # In the group commit's thread, before whoever awaits `saved` hears of it.
+            try:
+                if not saved.cancelled() and saved.exception() is None:
+                    self._remember(doc.id, aggregate)
+            finally:
+                handed.finished = time.perf_counter()
+                lock.release()
+
+        handed.saved.add_done_callback(settle)
+        return handed
+
     def record_failure(self, doc: DocumentSettings, *, kind: str, message: str,
                        url: str | None = None, status: int | None = None,
                        at: datetime | None = None) -> CheckOutcome:
@@ -303,8 +347,10 @@ class ClauseWatch:
         return CheckOutcome(document_id=doc.id, outcome=FAILED, reason=f"{kind}: {message}")
 
     def close(self) -> None:
-        """Write the heads, stop the extraction workers, close the store."""
+        """Finish the saves handed in, write the heads, stop the extraction workers, close
+        the store."""
         try:
+            self.commits.close()
             self.flush_heads()
         except Exception:  # the store may be why we are closing: never hide that error
             log.exception("could not write the document heads; the next start reloads them")
@@ -793,6 +839,34 @@ class ClauseWatch:
             self.store.evidence.delete(sha256)
             dropped += 1
         return dropped
+
+
+def _not_modified(doc: DocumentSettings, result: FetchResult,
+                  aggregate: Document) -> CaptureResult:
+    if aggregate.last_sha256 is None:
+        raise DomainError(f"{doc.id}: a 304 answered a request without validators")
+    return aggregate.record_not_modified(captured_at=result.fetched_at,
+                                         requested_url=result.requested_url,
+                                         final_url=result.final_url)
+
+
+@dataclass(slots=True, kw_only=True)
+class HandedIn:
+    """A 304 handed to the group commit by `hand_in_not_modified`: await `saved`, then
+    `outcome()`. The document's lock is held until the save is done either way."""
+
+    document_id: str
+    aggregate: Document
+    capture: CaptureResult
+    saved: Future[None]
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    def outcome(self) -> CheckOutcome:
+        """What the capture did, once `saved` is done without error."""
+        append_seconds = (self.finished or time.perf_counter()) - self.started
+        return _outcome(self.document_id, self.capture, self.aggregate.last_sha256,
+                        self.aggregate.clause_count, append_seconds)
 
 
 def _walk(aggregate: Document, known: dict[str, Any] | None) -> str:

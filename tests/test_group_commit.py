@@ -89,3 +89,69 @@ def test_a_batch_crossing_a_multiple_of_50_is_snapshotted(store: Store) -> None:
     assert store.app.save_many([_failure(doc), other]) == [None, None]
     assert [s.originator_version for s in store.app.snapshots.get(doc.id)] == [50]
     assert list(store.app.snapshots.get(other.id)) == []
+
+
+def test_handed_in_aggregates_are_saved_by_the_group_commits_own_thread(store: Store) -> None:
+    docs = _registered(store, 30)
+    commits = GroupCommit(store.app)
+    try:
+        # From one thread that never leads (an event loop's): nothing else would save them.
+        futures = [commits.hand_in(_failure(doc)) for doc in docs[:20]]
+        # Polls in threads meanwhile join the same batches.
+        threads = [threading.Thread(target=commits.save, args=(_failure(doc),))
+                   for doc in docs[20:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+        for future in futures:
+            assert future.result(timeout=10) is None
+    finally:
+        commits.close()
+    assert commits.saved == 30
+    assert [store.app.repository.get(d.id).version for d in docs] == [2] * 30
+    assert all(d.pending_events == [] for d in docs)
+
+
+def test_a_handed_in_stale_aggregate_gets_its_own_error(store: Store) -> None:
+    [doc, other] = _registered(store, 2)
+    stale = Document.from_head(doc.head())
+    store.app.save(_failure(doc))  # another writer got there first
+    commits = GroupCommit(store.app)
+    try:
+        refused, saved = commits.hand_in(_failure(stale)), commits.hand_in(_failure(other))
+        with pytest.raises(IntegrityError):
+            refused.result(timeout=10)
+        assert saved.result(timeout=10) is None
+    finally:
+        commits.close()
+    assert store.app.repository.get(other.id).version == 2
+
+
+def test_a_handed_in_aggregate_cancelled_before_its_batch_is_not_saved(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    [first, second] = _registered(store, 2)
+    commits = GroupCommit(store.app)
+    in_batch, go_on = threading.Event(), threading.Event()
+    save_many = store.app.save_many
+
+    def held(documents: list[Document]) -> list[Exception | None]:
+        in_batch.set()
+        go_on.wait(10)
+        return save_many(documents)
+
+    monkeypatch.setattr(store.app, "save_many", held)
+    try:
+        leading = commits.hand_in(_failure(first))
+        assert in_batch.wait(10)  # the leader holds the first batch
+        waiting = commits.hand_in(_failure(second))
+        assert waiting.cancel()  # its poll was cancelled: not taken yet, so not saved
+        go_on.set()
+        assert leading.result(timeout=10) is None
+    finally:
+        go_on.set()
+        commits.close()
+    assert waiting.cancelled() and commits.saved == 1
+    assert store.app.repository.get(first.id).version == 2
+    assert store.app.repository.get(second.id).version == 1

@@ -9,15 +9,18 @@ are still taken every 50 events.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from config.settings import DocumentSettings, StoreSettings
-from daemon.check import check_all
+from daemon.check import check_all, client_session, poll
+from daemon.fetcher import Fetcher
 from daemon.service import ClauseWatch
 from daemon.store import open_store
 from domain.document import Document, NeedsClausesError
@@ -166,6 +169,78 @@ async def test_a_stale_head_falls_back_to_the_store(
     assert service.document(doc.id)["captures"] == 3
     aggregate = service.app.repository.get(Document.from_head(behind).id)
     assert aggregate.version == service.heads.get(doc.id)["version"] == behind["version"] + 2
+
+
+class _Threads(ThreadPoolExecutor):
+    """The polls' thread pool, counting what it was given; `refuse`: nothing."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        super().__init__(max_workers=2)
+        self.refuse = refuse
+        self.calls: list[str] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(getattr(fn, "args", (fn,))[0].__name__)  # context.run(fn, ...)
+        if self.refuse:
+            raise AssertionError("a poll asked for a thread")
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_304_the_head_is_enough_for_is_recorded_without_a_thread(
+        service: ClauseWatch, page_server: PageServer) -> None:
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES).decode(), etag='"1"')
+    [baseline] = await check_all(service, LOOPBACK_FETCH, [doc])
+    service.catch_up_after_save = False  # as a pass and the daemon record
+    refusing = _Threads(refuse=True)
+    try:
+        async with client_session(LOOPBACK_FETCH) as session:
+            fetcher = Fetcher(session, LOOPBACK_FETCH)
+            first = await poll(service, fetcher, doc, executor=refusing)
+            second = await poll(service, fetcher, doc, executor=refusing)
+    finally:
+        refusing.shutdown()
+        service.commits.close()
+    assert [h.status for h in page_server.hits("/privacy")] == [200, 304, 304]
+    assert (first.outcome, second.outcome) == ("unchanged", "unchanged")
+    assert first.clauses == second.clauses == baseline.clauses
+    assert first.append_seconds is not None and first.append_seconds >= 0
+    service.views.catch_up()
+    assert service.document(doc.id)["captures"] == 3
+    assert service.heads.get(doc.id)["version"] == baseline_version(service, doc) == 4
+
+
+def baseline_version(service: ClauseWatch, doc: DocumentSettings) -> int:
+    """The version of the document's aggregate in the store."""
+    head = service.heads.get(doc.id)
+    assert head is not None
+    return int(service.app.repository.get(Document.from_head(head).id).version)
+
+
+async def test_a_304_waits_for_a_thread_while_another_poll_records_the_document(
+        service: ClauseWatch, page_server: PageServer) -> None:
+    doc = _doc(page_server)
+    page_server.set("/privacy", page(CLAUSES).decode(), etag='"1"')
+    await check_all(service, LOOPBACK_FETCH, [doc])
+    service.catch_up_after_save = False
+    threads = _Threads()
+    lock = service._lock(doc.id)
+    lock.acquire()  # another poll of the same document is recording
+    try:
+        async with client_session(LOOPBACK_FETCH) as session:
+            polling = asyncio.ensure_future(
+                poll(service, Fetcher(session, LOOPBACK_FETCH), doc, executor=threads))
+            while "record_fetch" not in threads.calls:
+                await asyncio.sleep(0.01)
+            assert not polling.done()  # waiting for the document, in a thread
+            lock.release()
+            outcome = await polling
+    finally:
+        if lock.locked():
+            lock.release()
+        threads.shutdown()
+    assert threads.calls == ["record_fetch"] and outcome.outcome == "unchanged"
+    assert baseline_version(service, doc) == 3
 
 
 async def test_heads_outlive_the_process_and_are_checked_against_the_store(

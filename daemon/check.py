@@ -33,7 +33,9 @@ async def poll(service: ClauseWatch, fetcher: Fetcher, doc: DocumentSettings,
                executor: Executor | None = None) -> CheckOutcome:
     """Fetch one document and record what came back; a failure is recorded, never raised.
 
-    The store is called in a thread of `executor` (default: the loop's default executor).
+    The store is called in a thread of `executor` (default: the loop's default executor),
+    except for a 304 the document's head in memory is enough for: decided here, saved by
+    the group commit's own thread (see _record_fetch).
     """
     def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
         return _in_thread(executor, fn, *args, **kwargs)

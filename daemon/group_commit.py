@@ -65,7 +65,10 @@ class GroupCommit:
             leader = self._leader
         if lead:
             assert leader is not None
-            leader.submit(self._lead)
+            try:
+                leader.submit(self._lead)
+            except RuntimeError:  # no new threads (the interpreter is exiting): lead here
+                self._lead()
         return done
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,16 @@ def test_a_handed_in_aggregate_cancelled_before_its_batch_is_not_saved(
     assert waiting.cancelled() and commits.saved == 1
     assert store.app.repository.get(first.id).version == 2
     assert store.app.repository.get(second.id).version == 1
+
+
+def test_a_group_commit_that_cannot_start_its_thread_leads_in_the_callers(
+        store: Store) -> None:
+    [doc, other] = _registered(store, 2)
+    commits = GroupCommit(store.app)
+    refusing = ThreadPoolExecutor(max_workers=1)
+    refusing.shutdown()  # as at interpreter exit: submit raises RuntimeError
+    commits._leader = refusing
+    saved = commits.hand_in(_failure(doc))
+    assert saved.done() and saved.result() is None  # led here, not left waiting
+    commits.save(_failure(other))  # and the next save finds no leader stuck
+    assert [store.app.repository.get(d.id).version for d in (doc, other)] == [2, 2]

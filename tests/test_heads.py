@@ -207,10 +207,10 @@ async def test_a_304_the_head_is_enough_for_is_recorded_without_a_thread(
     assert first.append_seconds is not None and first.append_seconds >= 0
     service.views.catch_up()
     assert service.document(doc.id)["captures"] == 3
-    assert service.heads.get(doc.id)["version"] == baseline_version(service, doc) == 4
+    assert service.heads.get(doc.id)["version"] == _stored_version(service, doc) == 4
 
 
-def baseline_version(service: ClauseWatch, doc: DocumentSettings) -> int:
+def _stored_version(service: ClauseWatch, doc: DocumentSettings) -> int:
     """The version of the document's aggregate in the store."""
     head = service.heads.get(doc.id)
     assert head is not None
@@ -240,7 +240,7 @@ async def test_a_304_waits_for_a_thread_while_another_poll_records_the_document(
             lock.release()
         threads.shutdown()
     assert threads.calls == ["record_fetch"] and outcome.outcome == "unchanged"
-    assert baseline_version(service, doc) == 3
+    assert _stored_version(service, doc) == 3
 
 
 async def test_heads_outlive_the_process_and_are_checked_against_the_store(

@@ -37,11 +37,7 @@ class GroupCommit:
     def save(self, aggregate: Any) -> None:
         """Save the aggregate's pending events; returns once they are committed, raises what
         saving it alone would raise."""
-        done: Future[None] = Future()
-        with self._lock:
-            self._pending.append((aggregate, done))
-            lead = not self._leading
-            self._leading = True
+        done, lead = self._enqueue(aggregate)
         if lead:
             self._lead()
         done.result()
@@ -54,17 +50,13 @@ class GroupCommit:
         If no save is leading, the group commit's own thread leads, never a thread of the
         caller's pool: all of those may be polls waiting in `save` for this very batch.
         """
-        done: Future[None] = Future()
-        with self._lock:
-            self._pending.append((aggregate, done))
-            lead = not self._leading
-            self._leading = True
-            if lead and self._leader is None:
-                self._leader = ThreadPoolExecutor(max_workers=1,
-                                                  thread_name_prefix="group-commit")
-            leader = self._leader
+        done, lead = self._enqueue(aggregate)
         if lead:
-            assert leader is not None
+            with self._lock:
+                if self._leader is None:
+                    self._leader = ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix="group-commit")
+                leader = self._leader
             try:
                 leader.submit(self._lead)
             except RuntimeError:  # no new threads (the interpreter is exiting): lead here
@@ -77,6 +69,15 @@ class GroupCommit:
             leader, self._leader = self._leader, None
         if leader is not None:
             leader.shutdown(wait=True)
+
+    def _enqueue(self, aggregate: Any) -> tuple[Future[None], bool]:
+        """Hand the aggregate in; True if no save is leading (the caller must lead)."""
+        done: Future[None] = Future()
+        with self._lock:
+            self._pending.append((aggregate, done))
+            lead = not self._leading
+            self._leading = True
+        return done, lead
 
     def _lead(self) -> None:
         while True:

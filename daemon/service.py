@@ -297,7 +297,7 @@ class ClauseWatch:
         if not result.not_modified or self.catch_up_after_save:
             return None
         head = self.heads.peek(doc.id)
-        if head is None or not (head["version"] + 1) % self.app.SNAPSHOT_EVERY:
+        if head is None:
             return None
         with self._locks_guard:
             if doc.id in self._loaded:  # validators() loaded the aggregate for this poll
@@ -305,9 +305,8 @@ class ClauseWatch:
         lock = self._lock(doc.id)
         if not lock.acquire(blocking=False):
             return None
-        try:
-            aggregate = Document.from_head(head)
-        except (KeyError, ValueError, TypeError):  # written by another release: in a thread
+        aggregate = self._from_head(doc.id, head)
+        if aggregate is None:
             lock.release()
             return None
         try:
@@ -451,14 +450,21 @@ class ClauseWatch:
         if aggregate is not None:
             return aggregate
         head = self.heads.get(document_id)
-        # One event past the head: every 50th is saved from the whole aggregate, which the
-        # store snapshots, so loading a document never replays more than 50 events.
-        if head is not None and (head["version"] + 1) % self.app.SNAPSHOT_EVERY:
-            try:
-                return Document.from_head(head)
-            except (KeyError, ValueError, TypeError):
-                self.heads.forget(document_id)  # written by another release: reload
-        return self._get(document_id)
+        aggregate = self._from_head(document_id, head) if head is not None else None
+        return aggregate if aggregate is not None else self._get(document_id)
+
+    def _from_head(self, document_id: str, head: dict[str, Any]) -> Document | None:
+        """An aggregate built from the document's head, for saving one event past it; None
+        when the whole aggregate is needed (no I/O: callable on the event loop)."""
+        # Every 50th event is saved from the whole aggregate, which the store snapshots, so
+        # loading a document never replays more than 50 events.
+        if not (head["version"] + 1) % self.app.SNAPSHOT_EVERY:
+            return None
+        try:
+            return Document.from_head(head)
+        except (KeyError, ValueError, TypeError):
+            self.heads.forget(document_id)  # written by another release: reload
+            return None
 
     def _get(self, document_id: str) -> Document:
         try:

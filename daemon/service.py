@@ -20,7 +20,7 @@ from eventsourcing.persistence import IntegrityError
 from config.settings import DetectionSettings, DocumentSettings
 from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
-from daemon.extraction import ExtractionPool, extract, read_page
+from daemon.extraction import ExtractionPool, Recorded, TaxonomyWanted, extract, read_page, record_page
 from daemon.group_commit import GroupCommit
 from daemon.heads import Heads
 from daemon.store import Store
@@ -268,20 +268,79 @@ class ClauseWatch:
                 aligner=self.align)
 
         with self._lock(doc.id):
-            aggregate, capture, append_seconds = self._record(doc.id, decide)
-            region = extracted[0] if extracted else None
-            if region is not None and region.region and capture.outcome != "suspect":
+            elsewhere = (self._record_in_worker(doc, result, facts) if facts is not None
+                         else None)
+            if isinstance(elsewhere, tuple):
+                recorded, append_seconds = elsewhere
+                aggregate, capture = recorded.aggregate, recorded.capture
+                region, walk = recorded.region, recorded.walk
+            else:
+                if elsewhere is not None:  # read by a worker: recorded here
+                    extracted.append(elsewhere)
+                aggregate, capture, append_seconds = self._record(doc.id, decide)
+                read = extracted[0] if extracted else None
+                region = read.region if read is not None else None
+                # A SameRegion's text is the last one: read from the tree the head says.
+                walk = read.walk if isinstance(read, Extraction) else None
+            if region and capture.outcome != "suspect":
                 # The text this page gave is now the last good text: remember its region
                 # (for a SameRegion, its own key: the next page most likely matches it) and
-                # which tree it was read from (a SameRegion's text is the last one: as it was).
-                self._remember(doc.id, aggregate, region=region.region,
-                               walk=region.walk if isinstance(region, Extraction) else None)
+                # which tree it was read from.
+                self._remember(doc.id, aggregate, region=region, walk=walk)
             else:
                 self._remember(doc.id, aggregate)
         if self.catch_up_after_save:
             self.views.catch_up()
         return _outcome(doc.id, capture, aggregate.last_sha256, aggregate.clause_count,
                         append_seconds)
+
+    def _record_in_worker(self, doc: DocumentSettings, result: FetchResult,
+                          facts: CaptureFacts) -> tuple[Recorded, float] | Extraction | \
+            SameRegion | None:
+        """New bytes of a page read by an extraction worker and, if their text changed,
+        recorded there (`record_page`) and saved here: returns what was recorded and the
+        append's duration, or what the worker read (for this poll to record, as from
+        `read_page`), or None when this poll must read and record the page itself (no
+        workers, a store another process cannot open, no head in memory, a save due for a
+        snapshot, the same bytes as last time, or a head the store proved stale). Call with
+        the document's lock held."""
+        pool, store = self.extraction_pool, self.store.settings
+        if pool is None or store is None or self.store.sqlite_path is None \
+                and not store.is_postgres:
+            return None
+        with self._locks_guard:
+            if doc.id in self._loaded:  # validators() loaded the aggregate for this poll
+                return None
+        head = self.heads.get(doc.id)
+        if head is None or (head["last_sha256"] == facts.sha256
+                            and head["last_outcome"] is not None):
+            return None
+        aggregate = self._from_head(doc.id, head)
+        if aggregate is None:
+            return None
+        last = self._known_region(doc.id, aggregate)
+        args = (record_page, store, self.store.evidence, head, facts, result.body,
+                doc.content_type or result.content_type)
+        kwargs: dict[str, Any] = {
+            "select": doc.select, "remove": doc.remove,
+            "unless_region": str(last["key"]) if last is not None else None,
+            "walk": _walk(aggregate, last), "policy": self.policy,
+            "threshold": self.detection.similarity_threshold,
+            "taxonomy_version": self.taxonomy_version}
+        answer = pool.in_worker(*args, **kwargs)
+        if isinstance(answer, TaxonomyWanted):
+            answer = pool.in_worker(*args, taxonomy=self.taxonomy, **kwargs)
+        if not isinstance(answer, Recorded):
+            return answer if isinstance(answer, Extraction | SameRegion) else None
+        started = time.perf_counter()
+        try:
+            self.commits.save(answer.aggregate)
+        except IntegrityError:
+            # Another replica appended since the head (or since the worker loaded the
+            # aggregate): from the store again, here.
+            self.heads.forget(doc.id)
+            return None
+        return answer, time.perf_counter() - started
 
     def hand_in_not_modified(self, doc: DocumentSettings, result: FetchResult
                              ) -> HandedIn | None:

@@ -193,6 +193,8 @@ class Store:
     db: Database
     evidence: EvidenceStore
     sqlite_path: Path | None = None
+    # What it was opened from: a worker process opens the same event store with it.
+    settings: StoreSettings | None = None
     _reader: SQLiteEventReader | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -265,7 +267,17 @@ def open_store(store: StoreSettings, data_dir: Path) -> Store:
         db.close()
         raise StoreError(f"cannot open the event store {_redact(store.url)}: {exc}") from None
     return Store(app=app, db=db, evidence=EvidenceStore(data_dir / "evidence"),
-                 sqlite_path=store.sqlite_path)
+                 sqlite_path=store.sqlite_path, settings=store)
+
+
+def open_event_store(store: StoreSettings) -> ClauseWatchApp:
+    """The event store alone, for reading aggregates from another process (an extraction
+    worker) while this one records: it creates no table, and holds one connection."""
+    if not (store.sqlite_path is not None or store.is_postgres):
+        raise StoreError(f"the store {store.url!r} cannot be read from another process")
+    env = application_env(store)
+    env.update(CREATE_TABLE="n", POSTGRES_POOL_SIZE="1", POSTGRES_MAX_OVERFLOW="0")
+    return ClauseWatchApp(env=env)
 
 
 def _redact(url: str) -> str:

@@ -3,6 +3,7 @@ worker's death."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from daemon.check import check_all
 from daemon.extraction import ExtractionPool
 from daemon.service import ClauseWatch
 from daemon.store import open_store
+from domain.document import Document
 from domain.errors import SelectorError, UnsupportedContentError
 from domain.extract import SameRegion, extract
 from harness import LOOPBACK_FETCH, TRIMMED_CORPUS, PageServer, declaration, replay_versions
@@ -243,3 +245,131 @@ print([m for m in heavy if m in sys.modules])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)
     assert done.stdout.split() == ["[]"], done.stdout + done.stderr
+
+
+# Pages recorded whole in a worker ----------------------------------------------------------
+
+
+class _MainLoads:
+    """Counts the aggregates the service loads from the store in this process."""
+
+    def __init__(self, service: ClauseWatch, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = service.app.repository.get
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(service.app.repository, "get", counted)
+
+
+async def test_real_changes_recorded_in_a_worker_are_those_the_thread_records(
+        store_settings: StoreSettings, tmp_path: Path, page_server: PageServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real policy's versions, replayed into a service whose workers record its changed
+    pages (loading the aggregate themselves) and into one that records them in the thread:
+    the same outcomes, clause edits and categories, and not one aggregate loaded by the
+    process that saves them."""
+    from harness import replay, replay_document_settings
+
+    from config.taxonomy import load_taxonomy
+
+    directory = TRIMMED_CORPUS / "replay" / "github-privacy"
+    versions = replay_versions(directory)
+    doc = replay_document_settings("github/privacy", directory, page_server)
+    taxonomy = load_taxonomy(None)
+    here, in_thread = await replay(page_server, versions, doc, tmp_path / "thread",
+                                   taxonomy=taxonomy)
+    store = open_store(store_settings, tmp_path / "data")
+    service = ClauseWatch(store, detection=DetectionSettings(extract_processes=1),
+                          taxonomy=taxonomy)
+    try:
+        await asyncio.to_thread(service.sync_documents, [doc])
+        loads = _MainLoads(service, monkeypatch)
+        there, _ = await replay(page_server, versions, doc, tmp_path / "worker",
+                                service=service)
+        assert [s.outcome for s in there] == [s.outcome for s in here]
+        assert [(s.kinds, s.clauses) for s in there] == [(s.kinds, s.clauses) for s in here]
+        assert sum(s.outcome == "changed" for s in there) >= 2
+        # Each change as recorded: the same clause, edit and categories on each side.
+        fields = ("clause", "kind", "before", "after", "patch", "categories_before",
+                  "categories_after")
+        assert [{f: c[f] for f in fields} for c in service.changes(document=doc.id)] == \
+            [{f: c[f] for f in fields} for c in in_thread.changes(document=doc.id)]
+        assert any(c["categories_after"] for c in service.changes(document=doc.id))
+        assert loads.count == 0
+        # The aggregate in the store is the one the thread's service built.
+        assert [c["text"] for c in service.clauses(doc.id)] == \
+            [c["text"] for c in in_thread.clauses(doc.id)]
+    finally:
+        service.close()
+        in_thread.store.close()
+
+
+async def test_a_page_a_worker_recorded_on_a_stale_head_is_recorded_again_here(
+        tmp_path: Path, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another replica appended since this process's head: a change is recorded by the
+    worker on the aggregate it loads (the latest); a suspect page, which the worker decides
+    on the stale head, is refused by the store and recorded again from the store here."""
+    from test_service import CLAUSES, page
+
+    settings = StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}")
+    doc = DocumentSettings(id="example/privacy", platform="Example", title="Privacy",
+                           url=page_server.url("/privacy"), select="main", robots=False)
+    service = ClauseWatch(open_store(settings, tmp_path / "data"),
+                          detection=DetectionSettings(extract_processes=1))
+    other = ClauseWatch(open_store(settings, tmp_path / "data"))
+
+    async def replica_polls(clauses: list[str]) -> None:
+        # New markup around the same text: one more event, this process not told.
+        page_server.set("/privacy", page(clauses, str(len(page_server.hits("/privacy")))))
+        [seen] = await check_all(other, LOOPBACK_FETCH, [doc])
+        assert seen.outcome == "unchanged"
+
+    try:
+        page_server.set("/privacy", page(CLAUSES, "a"))
+        [first] = await check_all(service, LOOPBACK_FETCH, [doc])
+        await replica_polls(CLAUSES)
+        loads = _MainLoads(service, monkeypatch)
+        page_server.set("/privacy", page(CLAUSES[1:], "b"))
+        [changed] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert (first.outcome, changed.outcome, changed.kinds) == (
+            "baseline", "changed", ("removed",))
+        assert loads.count == 0  # the worker loaded the latest aggregate: no refusal
+        await replica_polls(CLAUSES[1:])
+        page_server.set("/privacy", page(["Oops."], "c"))  # the text all but gone
+        [suspect] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert suspect.outcome == "suspect" and loads.count == 1
+        record = service.document(doc.id)
+        assert (record["captures"], record["changes"]) == (5, 1)
+        stored = service.app.repository.get(Document.from_head(service.heads.get(doc.id)).id)
+        assert stored.version == service.heads.get(doc.id)["version"]
+    finally:
+        service.close()
+        other.close()
+
+
+async def test_without_workers_to_run_it_a_page_is_recorded_here(
+        tmp_path: Path, page_server: PageServer) -> None:
+    """Workers given up (or closed): in_worker runs nothing, and the poll's thread reads
+    and records the page itself."""
+    from test_service import CLAUSES, page
+
+    doc = DocumentSettings(id="example/privacy", platform="Example", title="Privacy",
+                           url=page_server.url("/privacy"), select="main", robots=False)
+    service = ClauseWatch(open_store(StoreSettings(url=f"sqlite:///{tmp_path / 'e.db'}"),
+                                     tmp_path / "data"),
+                          detection=DetectionSettings(extract_processes=1))
+    try:
+        page_server.set("/privacy", page(CLAUSES, "1"))
+        [first] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert service.extraction_pool is not None
+        service.extraction_pool.close()
+        assert service.extraction_pool.in_worker(len, "abc") is None
+        page_server.set("/privacy", page(CLAUSES[:-1], "2"))
+        [second] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert (first.outcome, second.outcome, second.kinds) == (
+            "baseline", "changed", ("removed",))
+    finally:
+        service.close()

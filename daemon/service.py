@@ -236,7 +236,8 @@ class ClauseWatch:
                 sha256=hashlib.sha256(result.body).hexdigest(), size=len(result.body),
                 etag=result.etag, last_modified=result.last_modified,
                 redirects=result.redirects)
-        extracted: list[Extraction | SameRegion] = []
+        # What this poll read of the page, and the region key it was read against.
+        extracted: list[_Read] = []
 
         def decide(aggregate: Document) -> CaptureResult:
             if facts is None:
@@ -252,14 +253,15 @@ class ClauseWatch:
             content_type = doc.content_type or result.content_type
             if not extracted:
                 # Stored as evidence where they are extracted: before the event cites them.
-                extracted.append(self.read_page(self.store.evidence, result.body,
-                                                facts.sha256, content_type, select=doc.select,
-                                                remove=doc.remove, unless_region=known,
-                                                walk=walk))
-            elif isinstance(extracted[0], SameRegion) and extracted[0].region != known:
-                extracted[0] = self.extract(result.body, content_type, select=doc.select,
-                                            remove=doc.remove, unless_region=known, walk=walk)
-            extraction = extracted[0]
+                extracted.append(_Read(known, self.read_page(
+                    self.store.evidence, result.body, facts.sha256, content_type,
+                    select=doc.select, remove=doc.remove, unless_region=known, walk=walk)))
+            elif isinstance(extracted[0].page, SameRegion) and extracted[0].against != known:
+                # Read against another region than the aggregate loaded since knows.
+                extracted[0] = _Read(known, self.extract(
+                    result.body, content_type, select=doc.select, remove=doc.remove,
+                    unless_region=known, walk=walk))
+            extraction = extracted[0].page
             if isinstance(extraction, SameRegion):
                 return aggregate.record_same_text(facts)
             return aggregate.record_capture(
@@ -278,7 +280,7 @@ class ClauseWatch:
                 if elsewhere is not None:  # read by a worker: recorded here
                     extracted.append(elsewhere)
                 aggregate, capture, append_seconds = self._record(doc.id, decide)
-                read = extracted[0] if extracted else None
+                read = extracted[0].page if extracted else None
                 region = read.region if read is not None else None
                 # A SameRegion's text is the last one: read from the tree the head says.
                 walk = read.walk if isinstance(read, Extraction) else None
@@ -295,8 +297,7 @@ class ClauseWatch:
                         append_seconds)
 
     def _record_in_worker(self, doc: DocumentSettings, result: FetchResult,
-                          facts: CaptureFacts) -> tuple[Recorded, float] | Extraction | \
-            SameRegion | None:
+                          facts: CaptureFacts) -> tuple[Recorded, float] | _Read | None:
         """New bytes of a page read by an extraction worker and, if their text changed,
         recorded there (`record_page`) and saved here: returns what was recorded and the
         append's duration, or what the worker read (for this poll to record, as from
@@ -319,11 +320,12 @@ class ClauseWatch:
         if aggregate is None:
             return None
         last = self._known_region(doc.id, aggregate)
+        known = str(last["key"]) if last is not None else None
         args = (record_page, store, self.store.evidence, head, facts, result.body,
                 doc.content_type or result.content_type)
         kwargs: dict[str, Any] = {
             "select": doc.select, "remove": doc.remove,
-            "unless_region": str(last["key"]) if last is not None else None,
+            "unless_region": known,
             "walk": _walk(aggregate, last), "policy": self.policy,
             "threshold": self.detection.similarity_threshold,
             "taxonomy_version": self.taxonomy_version}
@@ -331,7 +333,7 @@ class ClauseWatch:
         if isinstance(answer, TaxonomyWanted):
             answer = pool.in_worker(*args, taxonomy=self.taxonomy, **kwargs)
         if not isinstance(answer, Recorded):
-            return answer if isinstance(answer, Extraction | SameRegion) else None
+            return _Read(known, answer) if isinstance(answer, Extraction | SameRegion) else None
         started = time.perf_counter()
         try:
             self.commits.save(answer.aggregate)
@@ -913,6 +915,14 @@ def _not_modified(doc: DocumentSettings, result: FetchResult,
     return aggregate.record_not_modified(captured_at=result.fetched_at,
                                          requested_url=result.requested_url,
                                          final_url=result.final_url)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A page as a poll read it (`read_page`), and the region key it was read against."""
+
+    against: str | None
+    page: Extraction | SameRegion
 
 
 @dataclass(slots=True, kw_only=True)

@@ -373,3 +373,37 @@ async def test_without_workers_to_run_it_a_page_is_recorded_here(
             "baseline", "changed", ("removed",))
     finally:
         service.close()
+
+
+async def test_a_page_a_worker_read_is_read_once(
+        tmp_path: Path, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redeploy renames classes inside the watched region: the worker reads the page as
+    the same region under a new key, and the poll records that without asking a worker to
+    read it again (it did, once, for every such page: the new key is not the old one)."""
+    from test_heads import CLAUSES, page
+
+    doc = DocumentSettings(id="example/privacy", platform="Example", title="Privacy",
+                           url=page_server.url("/privacy"), select="main", robots=False)
+    service = ClauseWatch(open_store(StoreSettings(url=f"sqlite:///{tmp_path / 'e.db'}"),
+                                     tmp_path / "data"),
+                          detection=DetectionSettings(extract_processes=1))
+    pool = service.extraction_pool
+    assert pool is not None
+    sent: list[str] = []
+    for name in ("run", "in_worker"):
+        original = getattr(pool, name)
+        monkeypatch.setattr(pool, name, lambda fn, *a, original=original, **k:
+                            sent.append(fn.__name__) or original(fn, *a, **k))
+    try:
+        body = page(CLAUSES).decode()
+        page_server.set("/privacy", body)
+        await check_all(service, LOOPBACK_FETCH, [doc])
+        first_key = service.heads.get(doc.id)["region"]["key"]
+        sent.clear()
+        page_server.set("/privacy", body.replace("<p>", "<p class='c-1x'>"))
+        [markup] = await check_all(service, LOOPBACK_FETCH, [doc])
+        assert markup.outcome == "unchanged"
+        assert sent == ["record_page"]
+        assert service.heads.get(doc.id)["region"]["key"] != first_key
+    finally:
+        service.close()

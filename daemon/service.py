@@ -20,7 +20,14 @@ from eventsourcing.persistence import IntegrityError
 from config.settings import DetectionSettings, DocumentSettings
 from daemon.fetcher import FetchResult
 from daemon.projections import CLAUSE_COLUMNS, Views, iso
-from daemon.extraction import ExtractionPool, Recorded, TaxonomyWanted, extract, read_page, record_page
+from daemon.extraction import (
+    ExtractionPool,
+    Recorded,
+    TaxonomyWanted,
+    extract,
+    read_page,
+    record_page,
+)
 from daemon.group_commit import GroupCommit
 from daemon.heads import Heads
 from daemon.store import Store
@@ -306,8 +313,8 @@ class ClauseWatch:
         snapshot, the same bytes as last time, or a head the store proved stale). Call with
         the document's lock held."""
         pool, store = self.extraction_pool, self.store.settings
-        if pool is None or store is None or self.store.sqlite_path is None \
-                and not store.is_postgres:
+        if pool is None or store is None or (self.store.sqlite_path is None
+                                             and not store.is_postgres):
             return None
         with self._locks_guard:
             if doc.id in self._loaded:  # validators() loaded the aggregate for this poll

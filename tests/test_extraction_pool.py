@@ -20,6 +20,7 @@ from domain.document import Document
 from domain.errors import SelectorError, UnsupportedContentError
 from domain.extract import SameRegion, extract
 from harness import LOOPBACK_FETCH, TRIMMED_CORPUS, PageServer, declaration, replay_versions
+from test_heads import _Loads  # counts the aggregates a service loads from the store
 
 
 @pytest.fixture(scope="module")
@@ -250,20 +251,6 @@ print([m for m in heavy if m in sys.modules])
 # Pages recorded whole in a worker ----------------------------------------------------------
 
 
-class _MainLoads:
-    """Counts the aggregates the service loads from the store in this process."""
-
-    def __init__(self, service: ClauseWatch, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        original = service.app.repository.get
-
-        def counted(*args: object, **kwargs: object) -> object:
-            self.count += 1
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(service.app.repository, "get", counted)
-
-
 async def test_real_changes_recorded_in_a_worker_are_those_the_thread_records(
         store_settings: StoreSettings, tmp_path: Path, page_server: PageServer,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,7 +273,7 @@ async def test_real_changes_recorded_in_a_worker_are_those_the_thread_records(
                           taxonomy=taxonomy)
     try:
         await asyncio.to_thread(service.sync_documents, [doc])
-        loads = _MainLoads(service, monkeypatch)
+        loads = _Loads(service, monkeypatch)
         there, _ = await replay(page_server, versions, doc, tmp_path / "worker",
                                 service=service)
         assert [s.outcome for s in there] == [s.outcome for s in here]
@@ -331,7 +318,7 @@ async def test_a_page_a_worker_recorded_on_a_stale_head_is_recorded_again_here(
         page_server.set("/privacy", page(CLAUSES, "a"))
         [first] = await check_all(service, LOOPBACK_FETCH, [doc])
         await replica_polls(CLAUSES)
-        loads = _MainLoads(service, monkeypatch)
+        loads = _Loads(service, monkeypatch)
         page_server.set("/privacy", page(CLAUSES[1:], "b"))
         [changed] = await check_all(service, LOOPBACK_FETCH, [doc])
         assert (first.outcome, changed.outcome, changed.kinds) == (

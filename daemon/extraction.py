@@ -9,8 +9,8 @@ page costs one capture's speed, never the daemon.
 
 A page whose text changed is also recorded in the worker that read it (`record_page`): the
 worker loads the document's aggregate from the store itself, aligns and classifies the
-clauses and builds the events; the process that saves gets back the aggregate with its new
-events pending. Loading, aligning and deciding were ~4 ms of that process's CPU a changed
+clauses and builds and encodes the events; the process that saves gets back the stored
+events and the document's new head. Loading, aligning and deciding were ~4 ms of that process's CPU a changed
 page (where the GIL is shared with the event loop and every other poll), and the old and new
 clause lists no longer cross to a worker and back to be aligned.
 """
@@ -33,7 +33,7 @@ from domain.blocks import Extraction, SameRegion
 
 if TYPE_CHECKING:
     from config.settings import StoreSettings
-    from daemon.store import ClauseWatchApp
+    from daemon.store import ClauseWatchApp, EncodedSave
     from domain.classify import ClauseCategories, Taxonomy
     from domain.document import CaptureFacts, CaptureResult, Document
     from domain.suspect import SuspectPolicy
@@ -66,11 +66,12 @@ def read_page(evidence: EvidenceStore, body: bytes, sha256: str,
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A page recorded by `record_page`: the aggregate with the capture's events pending
-    (to be saved by the caller), what the capture decided, and the region and tree its text
-    was read from (None: as the document's head says)."""
+    """A page recorded by `record_page`: the capture's events, encoded (to be saved by the
+    caller), the document's head after them, what the capture decided, and the region and
+    tree its text was read from (None: as the document's head says)."""
 
-    aggregate: Document
+    save: EncodedSave
+    head: dict[str, Any]
     capture: CaptureResult
     region: str | None
     walk: str | None
@@ -94,8 +95,8 @@ def record_page(store: StoreSettings, evidence: EvidenceStore, head: dict[str, A
     """`read_page`, and if the page's text differs from the last good text `head` names,
     record it too: on the aggregate loaded from `store` when the decision needs its clauses
     (a change), on one built from `head` otherwise (a suspect page). Nothing is saved here:
-    the events are pending on the aggregate returned, and the store refuses them if another
-    process appended first.
+    the events come back encoded for the caller to save, and the store refuses them if
+    another process appended first.
 
     The same text, or no good text yet (a baseline), is returned as `read_page` returns it,
     for the caller to record: it needs no clause list, and an aggregate crossing back with
@@ -122,15 +123,19 @@ def record_page(store: StoreSettings, evidence: EvidenceStore, head: dict[str, A
         return document.record_capture(facts, extraction, policy=policy, threshold=threshold,
                                        classify=classify)
 
+    app = _event_store(store)
     aggregate = Document.from_head(head)
     try:
         capture = decide(aggregate)
     except NeedsClausesError:
-        loaded: Any = _event_store(store).repository.get(aggregate.id)
+        loaded: Any = app.repository.get(aggregate.id)
         assert isinstance(loaded, Document)
         aggregate = loaded
         capture = decide(aggregate)
-    return Recorded(aggregate, capture, extraction.region, extraction.walk)
+    # Encoded here: the whole clause list crosses as compressed bytes, not as objects the
+    # caller would unpickle only to encode them.
+    return Recorded(app.encode(aggregate), aggregate.head(), capture, extraction.region,
+                    extraction.walk)
 
 
 def _event_store(store: StoreSettings) -> ClauseWatchApp:

@@ -254,7 +254,7 @@ class ClauseWatch:
                 self.store.evidence.put(result.body, sha256=facts.sha256)
                 return aggregate.record_capture(facts, None)
             # New bytes, but the region the last good text came from may be the same.
-            last = self._known_region(doc.id, aggregate)
+            last = self._known_region(doc.id, aggregate.text_sha256)
             known = str(last["key"]) if last is not None else None
             walk = _walk(aggregate, last)
             content_type = doc.content_type or result.content_type
@@ -281,12 +281,13 @@ class ClauseWatch:
                          else None)
             if isinstance(elsewhere, tuple):
                 recorded, append_seconds = elsewhere
-                aggregate, capture = recorded.aggregate, recorded.capture
+                head, capture = recorded.head, recorded.capture
                 region, walk = recorded.region, recorded.walk
             else:
                 if elsewhere is not None:  # read by a worker: recorded here
                     extracted.append(elsewhere)
                 aggregate, capture, append_seconds = self._record(doc.id, decide)
+                head = aggregate.head()
                 read = extracted[0].page if extracted else None
                 region = read.region if read is not None else None
                 # A SameRegion's text is the last one: read from the tree the head says.
@@ -295,12 +296,12 @@ class ClauseWatch:
                 # The text this page gave is now the last good text: remember its region
                 # (for a SameRegion, its own key: the next page most likely matches it) and
                 # which tree it was read from.
-                self._remember(doc.id, aggregate, region=region, walk=walk)
+                self._remember_head(doc.id, head, region=region, walk=walk)
             else:
-                self._remember(doc.id, aggregate)
+                self._remember_head(doc.id, head)
         if self.catch_up_after_save:
             self.views.catch_up()
-        return _outcome(doc.id, capture, aggregate.last_sha256, aggregate.clause_count,
+        return _outcome(doc.id, capture, head["last_sha256"], head["clause_count"],
                         append_seconds)
 
     def _record_in_worker(self, doc: DocumentSettings, result: FetchResult,
@@ -326,7 +327,7 @@ class ClauseWatch:
         aggregate = self._from_head(doc.id, head)
         if aggregate is None:
             return None
-        last = self._known_region(doc.id, aggregate)
+        last = self._known_region(doc.id, aggregate.text_sha256)
         known = str(last["key"]) if last is not None else None
         args = (record_page, store, self.store.evidence, head, facts, result.body,
                 doc.content_type or result.content_type)
@@ -343,7 +344,7 @@ class ClauseWatch:
             return _Read(known, answer) if isinstance(answer, Extraction | SameRegion) else None
         started = time.perf_counter()
         try:
-            self.commits.save(answer.aggregate)
+            self.commits.save(answer.save)
         except IntegrityError:
             # Another replica appended since the head (or since the worker loaded the
             # aggregate): from the store again, here.
@@ -454,12 +455,14 @@ class ClauseWatch:
         append_seconds = time.perf_counter() - started
         return aggregate, decided, append_seconds
 
-    def _known_region(self, document_id: str, aggregate: Document) -> dict[str, Any] | None:
+    def _known_region(self, document_id: str, text_sha256: str | None
+                      ) -> dict[str, Any] | None:
         """What the head says of the page the document's last good text came from (its
-        region's key, the tree its text was read from), if it is about that text."""
+        region's key, the tree its text was read from), if it is about that text (its hash
+        `text_sha256`)."""
         head = self.heads.get(document_id)
         region = head.get("region") if head is not None else None
-        if region and aggregate.text_sha256 and region.get("text") == aggregate.text_sha256:
+        if region and text_sha256 and region.get("text") == text_sha256:
             return dict(region)  # a copy: the head in memory is changed only through put
         return None
 
@@ -467,14 +470,18 @@ class ClauseWatch:
                   region: str | None = None, walk: str | None = None) -> None:
         """Keep the head of a saved aggregate, with the region its good text came from and
         the tree that text was read from (None: as the head said, if about the same text)."""
-        head = aggregate.head()
-        known = self._known_region(document_id, aggregate)
+        self._remember_head(document_id, aggregate.head(), region=region, walk=walk)
+
+    def _remember_head(self, document_id: str, head: dict[str, Any], *,
+                       region: str | None = None, walk: str | None = None) -> None:
+        """_remember, given the saved aggregate's head (Document.head)."""
+        known = self._known_region(document_id, head["text_sha256"])
         if region is None and known is not None:
             region = str(known["key"])
         if walk is None and known is not None:
             walk = known.get("walk")
         if region is not None:
-            head["region"] = {"text": aggregate.text_sha256, "key": region}
+            head["region"] = {"text": head["text_sha256"], "key": region}
             if walk is not None:
                 head["region"]["walk"] = walk
         self.heads.put(document_id, head)

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.domain import BaseAggregate, DomainEvent
-from eventsourcing.persistence import ApplicationRecorder, Transcoder
+from eventsourcing.persistence import ApplicationRecorder, Mapper, StoredEvent, Transcoder
 
 from config.settings import StoreSettings
 from daemon.event_reader import InflatingReader, SQLiteEventReader, zlib_module
@@ -36,6 +36,37 @@ class FastZlibCompressor(ZlibCompressor):
         return _zlib.decompress(data)
 
 
+class Encoded(DomainEvent):
+    """An event already made a stored event (by an extraction worker's mapper, the same as
+    this store's): saved as it is."""
+
+    stored: Any  # the StoredEvent
+
+
+@dataclass
+class EncodedSave:
+    """A document's new events, encoded elsewhere, to save like an aggregate's pending
+    events (`ClauseWatchApp.save`, the group commit); with the snapshot to store once they
+    are saved, if one is due (see ClauseWatchApp.encode)."""
+
+    id: Any
+    pending_events: list[Encoded]
+    snapshot: StoredEvent | None = None
+
+    def collect_events(self) -> list[Encoded]:
+        events, self.pending_events = self.pending_events, []
+        return events
+
+
+class _Mapper(Mapper[Any]):
+    """The library's mapper, which passes an Encoded event's stored event through."""
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        if type(domain_event) is Encoded:
+            return domain_event.stored  # type: ignore[no-any-return]
+        return super().to_stored_event(domain_event)
+
+
 class _Collected(ProcessingEvent[Any]):
     """The library's ProcessingEvent, without its runtime protocol checks for our own objects.
 
@@ -51,6 +82,8 @@ class _Collected(ProcessingEvent[Any]):
             if isinstance(obj, BaseAggregate):
                 self.events.extend(obj.collect_events())
                 self.aggregates[obj.id] = obj
+            elif isinstance(obj, EncodedSave):
+                self.events.extend(obj.collect_events())
             elif isinstance(obj, DomainEvent):
                 self.events.append(obj)
             elif obj is not None:
@@ -69,6 +102,10 @@ class ClauseWatchApp(Application[Any]):
     is_snapshotting_enabled = True
     SNAPSHOT_EVERY = 50
 
+    def construct_mapper(self) -> Mapper[Any]:
+        """The library's mapper, but for events encoded already (Encoded)."""
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=_Mapper)
+
     def construct_transcoder(self) -> Transcoder:
         """The library's JSON, written and read by orjson (see daemon/transcoder.py)."""
         transcoder = FastJSONTranscoder()
@@ -85,6 +122,7 @@ class ClauseWatchApp(Application[Any]):
         due = self._snapshots_due(objs)
         recordings = self._save_collected(objs, kwargs)
         self._snapshot(due)
+        self._put_encoded_snapshots(objs)
         return recordings
 
     def _save_collected(self, objs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -115,6 +153,7 @@ class ClauseWatchApp(Application[Any]):
                 for doc in documents:
                     doc.collect_events()
                 self._snapshot(due)
+                self._put_encoded_snapshots(documents)
                 return [None] * len(documents)
         errors: list[Exception | None] = []
         for doc in documents:
@@ -126,16 +165,38 @@ class ClauseWatchApp(Application[Any]):
                 errors.append(None)
         return errors
 
+    def encode(self, document: Document) -> EncodedSave:
+        """The document's pending events as stored events (collected: no longer pending), and
+        the snapshot due once they are saved: for saving in another process."""
+        due = self._snapshots_due([document])
+        events = document.collect_events()
+        snapshot = (self.mapper.to_stored_event(self._snapshot_class.take(document)) if due
+                    else None)
+        encoded = [Encoded(originator_id=e.originator_id,  # type: ignore[call-arg]
+                           originator_version=e.originator_version, timestamp=e.timestamp,
+                           stored=self.mapper.to_stored_event(e))
+                   for e in events]
+        return EncodedSave(id=document.id, pending_events=encoded, snapshot=snapshot)
+
     def _snapshots_due(self, objs: Sequence[Any]) -> list[Document]:
         return [obj for obj in objs if isinstance(obj, Document) and obj.pending_events
                 and not obj.is_partial
                 and (obj.version - len(obj.pending_events)) // self.SNAPSHOT_EVERY
                 < obj.version // self.SNAPSHOT_EVERY]
 
+    @property
+    def _snapshot_class(self) -> Any:
+        return getattr(Document, "Snapshot", type(self).snapshot_class)
+
     def _snapshot(self, due: list[Document]) -> None:
         if due and self.snapshots is not None:
-            snapshot_class = getattr(Document, "Snapshot", type(self).snapshot_class)
-            self.snapshots.put([snapshot_class.take(doc) for doc in due])
+            self.snapshots.put([self._snapshot_class.take(doc) for doc in due])
+
+    def _put_encoded_snapshots(self, objs: Sequence[Any]) -> None:
+        snapshots = [obj.snapshot for obj in objs
+                     if isinstance(obj, EncodedSave) and obj.snapshot is not None]
+        if snapshots and self.snapshots is not None:
+            self.snapshots.recorder.insert_events(snapshots)
 
 
 def application_env(store: StoreSettings) -> dict[str, str]:

@@ -394,3 +394,45 @@ async def test_a_page_a_worker_read_is_read_once(
         assert service.heads.get(doc.id)["region"]["key"] != first_key
     finally:
         service.close()
+
+
+async def test_snapshots_of_changes_recorded_in_workers_are_taken_and_load(
+        tmp_path: Path, page_server: PageServer) -> None:
+    """Changes recorded (and encoded) by a worker cross multiples of 50 events: the worker
+    encodes the snapshot due with them, the saving process stores it, and the aggregate the
+    store rebuilds from it is the one the head and the last page describe."""
+    from test_heads import CLAUSES, page
+
+    doc = DocumentSettings(id="example/privacy", platform="Example", title="Privacy",
+                           url=page_server.url("/privacy"), select="main", robots=False)
+    service = ClauseWatch(open_store(StoreSettings(url=f"sqlite:///{tmp_path / 'e.db'}"),
+                                     tmp_path / "data"),
+                          detection=DetectionSettings(extract_processes=1))
+    encoded_snapshots: list[int] = []  # versions of the snapshots workers encoded
+    original = service.app._put_encoded_snapshots
+
+    def put(saved: list[object]) -> None:
+        encoded_snapshots.extend(s.snapshot.originator_version for s in saved
+                                 if getattr(s, "snapshot", None) is not None)
+        original(saved)
+
+    service.app._put_encoded_snapshots = put  # type: ignore[method-assign]
+    try:
+        # Each change swaps two clauses' words: a capture and two edits, three events.
+        texts = [list(CLAUSES), [*CLAUSES[:2], CLAUSES[2] + " Really.", CLAUSES[3] + " Truly."]]
+        outcomes = []
+        for n in range(40):
+            page_server.set("/privacy", page(texts[n % 2], noise=str(n)).decode())
+            [outcome] = await check_all(service, LOOPBACK_FETCH, [doc])
+            outcomes.append(outcome.outcome)
+        assert outcomes.count("changed") == 39
+        aggregate_id = Document.from_head(service.heads.get(doc.id)).id
+        versions = [s.originator_version for s in service.app.snapshots.get(aggregate_id)]
+        assert len(versions) >= 2 and all(v % 50 < 3 for v in versions)  # at the crossing
+        kept = service.heads.get(doc.id)
+        stored = service.app.repository.get(aggregate_id)
+        assert stored.head() == {k: v for k, v in kept.items() if k != "region"}
+        assert [c["text"] for c in stored.clauses][-4:] == texts[39 % 2]
+        assert encoded_snapshots  # not all of them taken by the polling process
+    finally:
+        service.close()

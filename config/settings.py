@@ -59,6 +59,12 @@ class StoreSettings:
         """True for a postgresql:// URL."""
         return self.url.startswith(("postgresql://", "postgres://"))
 
+    @property
+    def shared(self) -> bool:
+        """True for a store another process can open: a SQLite file or PostgreSQL (a
+        memory: store lives in the process that made it)."""
+        return self.sqlite_path is not None or self.is_postgres
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerSettings:

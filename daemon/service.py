@@ -314,12 +314,8 @@ class ClauseWatch:
         snapshot, the same bytes as last time, or a head the store proved stale). Call with
         the document's lock held."""
         pool, store = self.extraction_pool, self.store.settings
-        if pool is None or store is None or (self.store.sqlite_path is None
-                                             and not store.is_postgres):
+        if pool is None or store is None or not store.shared or self._loaded_for(doc.id):
             return None
-        with self._locks_guard:
-            if doc.id in self._loaded:  # validators() loaded the aggregate for this poll
-                return None
         head = self.heads.get(doc.id)
         if head is None or (head["last_sha256"] == facts.sha256
                             and head["last_outcome"] is not None):
@@ -366,11 +362,8 @@ class ClauseWatch:
         if not result.not_modified or self.catch_up_after_save:
             return None
         head = self.heads.peek(doc.id)
-        if head is None:
+        if head is None or self._loaded_for(doc.id):
             return None
-        with self._locks_guard:
-            if doc.id in self._loaded:  # validators() loaded the aggregate for this poll
-                return None
         lock = self._lock(doc.id)
         if not lock.acquire(blocking=False):
             return None
@@ -527,6 +520,12 @@ class ClauseWatch:
         head = self.heads.get(document_id)
         aggregate = self._from_head(document_id, head) if head is not None else None
         return aggregate if aggregate is not None else self._get(document_id)
+
+    def _loaded_for(self, document_id: str) -> bool:
+        """True if validators() loaded the document's aggregate for the poll under way (its
+        record_fetch takes that one: `_take`)."""
+        with self._locks_guard:
+            return document_id in self._loaded
 
     def _from_head(self, document_id: str, head: dict[str, Any]) -> Document | None:
         """An aggregate built from the document's head, for saving one event past it; None

@@ -334,7 +334,7 @@ def open_store(store: StoreSettings, data_dir: Path) -> Store:
 def open_event_store(store: StoreSettings) -> ClauseWatchApp:
     """The event store alone, for reading aggregates from another process (an extraction
     worker) while this one records: it creates no table, and holds one connection."""
-    if not (store.sqlite_path is not None or store.is_postgres):
+    if not store.shared:
         raise StoreError(f"the store {store.url!r} cannot be read from another process")
     env = application_env(store)
     env.update(CREATE_TABLE="n", POSTGRES_POOL_SIZE="1", POSTGRES_MAX_OVERFLOW="0")

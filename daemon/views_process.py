@@ -33,12 +33,7 @@ FINISH_SECONDS = 600.0
 
 def wanted(store: StoreSettings, documents: int) -> bool:
     """True if a pass over `documents` documents on this store gains from a views process."""
-    return documents >= MIN_DOCUMENTS and _shared(store)
-
-
-def _shared(store: StoreSettings) -> bool:
-    # A file or a server another process can open; a memory: store lives in this one.
-    return store.sqlite_path is not None or store.is_postgres
+    return documents >= MIN_DOCUMENTS and store.shared
 
 
 class ViewsProcess:
@@ -46,7 +41,7 @@ class ViewsProcess:
 
     def __init__(self, store: StoreSettings, data_dir: Path, *,
                  poll_seconds: float = POLL_SECONDS) -> None:
-        if not _shared(store):
+        if not store.shared:
             raise ValueError(f"the store {store.url!r} cannot be read from another process")
         self.store = store
         self.data_dir = data_dir

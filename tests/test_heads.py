@@ -10,7 +10,9 @@ are still taken every 50 events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -208,6 +210,43 @@ async def test_a_304_the_head_is_enough_for_is_recorded_without_a_thread(
     service.views.catch_up()
     assert service.document(doc.id)["captures"] == 3
     assert service.heads.get(doc.id)["version"] == _stored_version(service, doc) == 4
+
+
+async def test_a_304_waiting_for_its_save_gives_its_place_to_the_next_poll(
+        service: ClauseWatch, page_server: PageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass with room for one poll in flight: while the group commit holds the first
+    304's save, the other documents are fetched all the same (and then saved)."""
+    docs = [DocumentSettings(id=f"example/policy-{n}", platform="Example", title=f"Policy {n}",
+                             url=page_server.url(f"/policy-{n}"), select="main", robots=False)
+            for n in range(3)]
+    for n, doc in enumerate(docs):
+        page_server.set(f"/policy-{n}", page(CLAUSES).decode(), etag=f'"{n}"')
+    one_at_a_time = dataclasses.replace(LOOPBACK_FETCH, concurrency=1)
+    await check_all(service, one_at_a_time, docs)
+
+    def fetched_again() -> bool:
+        return all(len(page_server.hits(f"/policy-{n}")) == 2 for n in range(3))
+
+    seen_while_held: list[bool] = []
+    save_many = service.commits.app.save_many
+
+    def held(documents: Any) -> Any:
+        # The first batch waits (at most 10 s) for every page to be fetched again.
+        if not seen_while_held:
+            deadline = time.monotonic() + 10
+            while not fetched_again() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_while_held.append(fetched_again())
+        return save_many(documents)
+
+    monkeypatch.setattr(service.commits.app, "save_many", held)
+    outcomes = await check_all(service, one_at_a_time, docs)
+    assert seen_while_held == [True]
+    assert [o.outcome for o in outcomes] == ["unchanged"] * 3
+    assert [h.status for n in range(3) for h in page_server.hits(f"/policy-{n}")] == \
+        [200, 304] * 3
+    assert [service.document(doc.id)["captures"] for doc in docs] == [2, 2, 2]
+    assert [_stored_version(service, doc) for doc in docs] == [3, 3, 3]
 
 
 def _stored_version(service: ClauseWatch, doc: DocumentSettings) -> int:

@@ -8,7 +8,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import aiohttp
 from eventsourcing.persistence import IntegrityError
@@ -105,7 +105,7 @@ class _Place:
         self._places = places
         self._held = False
 
-    async def __aenter__(self) -> _Place:
+    async def __aenter__(self) -> Self:
         await self._places.acquire()
         self._held = True
         return self

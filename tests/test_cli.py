@@ -264,3 +264,32 @@ def test_the_console_script_exits_as_main_returns_output_and_exit_handlers_inclu
     assert done.returncode == expected_code == (0 if good else 2)
     assert done.stdout == expected_out and "not reached" not in done.stdout
     assert done.stderr == expected_err + "exit handler ran\n"
+
+
+def test_a_check_with_workers_starts_their_fork_server_before_its_own_imports(
+        tmp_path: Path, page_server: PageServer) -> None:
+    # The fork server's imports are meant to overlap with the pass's own (the service,
+    # aiohttp): asked for before those, and the pass reads its pages all the same.
+    import subprocess
+    import sys
+
+    page_server.set("/privacy", page(CLAUSES, "build 1"))
+    page_server.set("/terms", "<html><body><p>Be nice to each other.</p></body></html>")
+    config = write_config(tmp_path, page_server, "\n[detection]\nextract_processes = 1\n")
+    code = ("import sys\n"
+            "import daemon.extraction as extraction\n"
+            "started = []\n"
+            "start = extraction.start_fork_server\n"
+            "def spy():\n"
+            "    started.append('daemon.service' in sys.modules)\n"
+            "    start()\n"
+            "extraction.start_fork_server = spy\n"
+            "from daemon import cli\n"
+            "code = cli.main(['check', '-c', sys.argv[1]])\n"
+            "print('fork server asked for with the service imported:', started, code)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.stdout.splitlines() == [
+        "example/privacy: baseline recorded (6 clauses)",
+        "example/terms: baseline recorded (1 clause)",
+        "fork server asked for with the service imported: [False] 0"], done.stderr

@@ -171,7 +171,8 @@ def _views_process(settings: Settings, documents: int) -> Iterator[ViewsProcess 
     if not views_process.wanted(settings.store, documents):
         yield None
         return
-    with views_process.ViewsProcess(settings.store, settings.data_dir) as views:
+    with views_process.ViewsProcess(settings.store, settings.data_dir, fork_server=bool(
+            settings.detection.extract_processes)) as views:
         yield views
 
 

@@ -157,8 +157,9 @@ _PRELOAD = ["domain.extract", "domain.clauses", "domain.document", "daemon.extra
             "daemon.store"]
 
 
-def _context() -> multiprocessing.context.ForkServerContext:
-    # forkserver: workers start from a small clean process, not a fork of a threaded one.
+def fork_server_context() -> multiprocessing.context.ForkServerContext:
+    """multiprocessing's forkserver context, with what the workers' fork server imports:
+    workers start from a small clean process, not a fork of a threaded one."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     return context
@@ -169,7 +170,7 @@ def start_fork_server() -> None:
     spend a while starting up (imports, opening the store) before its first page, so that
     the server's own imports (~0.2 s of CPU) run beside that instead of in the busiest part
     of the work. Its first worker is forked only when a page needs reading."""
-    _context()
+    fork_server_context()
     multiprocessing.forkserver.ensure_running()
 
 
@@ -191,7 +192,7 @@ class ExtractionPool:
         self._pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=_context())
+        return ProcessPoolExecutor(max_workers=self.processes, mp_context=fork_server_context())
 
     def __call__(self, body: bytes, content_type: str = "text/html", **kwargs: Any
                  ) -> Extraction | SameRegion:

@@ -97,8 +97,14 @@ async def test_a_pass_projected_by_the_views_process_gives_the_rows_of_a_rebuild
         service.close()
 
 
+def _parent(pid: int) -> int:
+    """A process's parent, from /proc."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("fork_server", [False, True], ids=["spawned", "fork-server"])
 async def test_the_views_process_projects_what_the_pass_appended(
-        on_sqlite: Setup, page_server: PageServer) -> None:
+        on_sqlite: Setup, page_server: PageServer, fork_server: bool) -> None:
     service, store = on_sqlite.service, on_sqlite.service.store
     service.catch_up_after_save = False
     service.sync_documents(on_sqlite.docs)
@@ -107,8 +113,11 @@ async def test_the_views_process_projects_what_the_pass_appended(
         service.record_fetch(doc, await _fetch(doc))
     # Its next look would be in a minute: what comes after its first catch-up is projected
     # by the last one, which `finish` asks for.
-    with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir, poll_seconds=60) as views:
+    with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir, poll_seconds=60,
+                      fork_server=fork_server) as views:
         views.start()
+        # Spawned by this process, or forked by the extraction workers' fork server.
+        assert (_parent(views._process.pid) == os.getpid()) is not fork_server
         await _until(lambda: service.views.position() == store.max_notification_id())
         serve(page_server, CLAUSES[:3], "2")
         for doc in on_sqlite.docs:
@@ -137,19 +146,21 @@ async def test_a_views_process_that_dies_costs_no_view_row(
     assert rows(service) == projected
 
 
+@pytest.mark.parametrize("fork_server", [False, True], ids=["spawned", "fork-server"])
 async def test_a_views_process_that_cannot_start_costs_no_capture(
         on_sqlite: Setup, page_server: PageServer, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, fork_server: bool) -> None:
     import multiprocessing.context
 
     def no_process(self: object) -> None:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    # No process to spare on this machine: spawning fails as fork(2) would with EAGAIN.
+    # No process to spare on this machine: starting fails as fork(2) would with EAGAIN.
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", no_process)
+    monkeypatch.setattr(multiprocessing.context.ForkServerProcess, "start", no_process)
     service = on_sqlite.service
     serve(page_server, CLAUSES, "1")
-    with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir) as views:
+    with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir, fork_server=fork_server) as views:
         outcomes = await check_all(service, LOOPBACK_FETCH, on_sqlite.docs, views=views)
     assert [o.outcome for o in outcomes] == ["baseline"] * DOCS
     assert views.started and "could not start the views process" in caplog.text

@@ -70,8 +70,10 @@ def serve(page_server: PageServer, clauses: list[str], noise: str) -> None:
         page_server.set(f"/doc-{n}", page([f"{c} (copy {n})" for c in clauses], noise))
 
 
+@pytest.mark.parametrize("fork_server", [False, True], ids=["spawned", "fork-server"])
 async def test_a_pass_projected_by_the_views_process_gives_the_rows_of_a_rebuild(
-        store_settings: StoreSettings, tmp_path: Path, page_server: PageServer) -> None:
+        store_settings: StoreSettings, tmp_path: Path, page_server: PageServer,
+        fork_server: bool) -> None:
     docs = documents(page_server)
     store = open_store(store_settings, tmp_path / "data")
     service = ClauseWatch(store)
@@ -81,13 +83,16 @@ async def test_a_pass_projected_by_the_views_process_gives_the_rows_of_a_rebuild
         edits = 0
         for clauses, noise in passes:
             serve(page_server, clauses, noise)
-            views = RecordingViewsProcess(store_settings, tmp_path / "data", poll_seconds=0.02)
+            views = RecordingViewsProcess(store_settings, tmp_path / "data", poll_seconds=0.02,
+                                          fork_server=fork_server)
             with views:
                 outcomes = await check_all(service, LOOPBACK_FETCH, docs, views=views)
             kinds = {o.outcome for o in outcomes}
             edits += sum(o.changes for o in outcomes)
-            # Started at the first capture with a clause list, and only then.
-            assert views.starts == (1 if kinds & {"baseline", "changed"} else 0), kinds
+            # Spawned: started at the first capture with a clause list, and only then.
+            # Forked by the fork server: at the first capture.
+            assert views.starts == (1 if fork_server or kinds & {"baseline", "changed"}
+                                    else 0), kinds
         assert {o.outcome for o in outcomes} == {"changed"}
         projected = rows(service)
         assert edits >= DOCS * 2 and len(projected["cw_changes"]) == edits

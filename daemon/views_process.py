@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 from typing import Any, Self
@@ -54,6 +55,7 @@ class ViewsProcess:
         self._stop: Any = None
         self._process: Any = None
         self._started = False
+        self._starting: threading.Thread | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -67,12 +69,24 @@ class ViewsProcess:
         return self._started
 
     def start(self) -> None:
-        """Start following the log, unless asked already (returns at once; the child
-        imports in the background). A child that cannot be started is logged, never raised:
-        the pass catches up itself at its end."""
+        """Start following the log, unless asked already. Returns at once: the child is
+        started by a thread of its own (a fork server still importing would otherwise hold
+        the caller, a pass's event loop, until it is ready: 0.1-0.3 s). A child that cannot
+        be started is logged, never raised: the pass catches up itself at its end."""
         if self._started:
             return
         self._started = True
+        self._starting = threading.Thread(target=self._start, name="views-start", daemon=True)
+        self._starting.start()
+
+    def wait_started(self) -> bool:
+        """Wait for `start`'s thread; True if the child was started (and not stopped)."""
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.join()
+        return self._process is not None
+
+    def _start(self) -> None:
         # A clean process (spawned, or forked from the fork server), not a fork of one with
         # threads and open databases. The event is made here, not before: it starts
         # multiprocessing's resource tracker (a process of its own), which a pass that never
@@ -97,6 +111,7 @@ class ViewsProcess:
     def finish(self, timeout: float = FINISH_SECONDS) -> bool:
         """Ask the child to catch up to the end of the log and stop; True if it did within
         `timeout` seconds (the caller catches up itself otherwise)."""
+        self.wait_started()
         process = self._process
         if process is None:
             return False
@@ -116,6 +131,7 @@ class ViewsProcess:
 
     def close(self) -> None:
         """Stop the child now if it still runs (what it committed stays committed)."""
+        self.wait_started()
         process, self._process = self._process, None
         if process is not None and process.is_alive():
             process.terminate()

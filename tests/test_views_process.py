@@ -121,6 +121,7 @@ async def test_the_views_process_projects_what_the_pass_appended(
     with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir, poll_seconds=60,
                       fork_server=fork_server) as views:
         views.start()
+        assert views.wait_started()
         # Spawned by this process, or forked by the extraction workers' fork server.
         assert (_parent(views._process.pid) == os.getpid()) is not fork_server
         await _until(lambda: service.views.position() == store.max_notification_id())
@@ -140,6 +141,7 @@ async def test_a_views_process_that_dies_costs_no_view_row(
     serve(page_server, CLAUSES, "1")
     with ViewsProcess(on_sqlite.settings, on_sqlite.data_dir) as views:
         views.start()
+        assert views.wait_started()
         os.kill(views._process.pid, signal.SIGKILL)
         views._process.join(10)
         outcomes = await check_all(service, LOOPBACK_FETCH, on_sqlite.docs, views=views)
@@ -284,3 +286,29 @@ async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+def test_starting_the_views_process_never_holds_the_caller(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork server still importing holds whoever starts a process from it: the pass's event
+    loop must not be the one waiting."""
+    import multiprocessing.context
+    import threading
+
+    entered, release, left = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_start(self: object) -> None:
+        entered.set()
+        try:
+            release.wait(30)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        finally:
+            left.set()
+
+    monkeypatch.setattr(multiprocessing.context.ForkServerProcess, "start", slow_start)
+    views = ViewsProcess(StoreSettings(url=f"sqlite:///{tmp_path / 'events.db'}"),
+                         tmp_path / "data", fork_server=True)
+    views.start()  # returns while the child's start is still held
+    assert not left.is_set() and entered.wait(30) and views.started
+    release.set()
+    assert views.wait_started() is False and views.finish(timeout=5) is False

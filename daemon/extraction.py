@@ -10,9 +10,9 @@ page costs one capture's speed, never the daemon.
 A page whose text changed is also recorded in the worker that read it (`record_page`): the
 worker loads the document's aggregate from the store itself, aligns and classifies the
 clauses and builds and encodes the events; the process that saves gets back the stored
-events and the document's new head. Loading, aligning and deciding were ~4 ms of that process's CPU a changed
-page (where the GIL is shared with the event loop and every other poll), and the old and new
-clause lists no longer cross to a worker and back to be aligned.
+events and the document's new head. Loading, aligning and deciding were ~4 ms of that
+process's CPU a changed page (where the GIL is shared with the event loop and every other
+poll), and the old and new clause lists no longer cross to a worker and back to be aligned.
 """
 
 from __future__ import annotations
